@@ -1,0 +1,186 @@
+"""The batched forward pass: device, precision, memory format, progress.
+
+One function, :func:`forward_batches`, serves the featurizer and the
+fine-tuner's inference. It streams a :class:`~sklearn_tl._images.ImageDataset`
+through a ``DataLoader`` (so only one batch of decoded images is in memory),
+runs the module under ``torch.inference_mode`` and autocast, in channels-last
+layout, and backs off to smaller micro-batches when the device runs out of
+memory instead of failing or losing rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from ._images import collate_images
+
+__all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "forward_batches"]
+
+DEVICES_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO_BATCH_SIZE = {"cuda": 256, "mps": 64, "cpu": 32}
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` → CUDA, else MPS, else CPU; explicit devices must exist."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be {DEVICES_HELP}; got {device!r}.") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for, but CUDA is not available on this machine.")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif resolved.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"device={device!r} was asked for, but MPS is not available on this machine.")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be {DEVICES_HELP}; got {device!r}.")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX).
+
+    Without it, bf16 autocast is emulated and several times *slower* than fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device):
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
+    if precision != "auto":
+        return PRECISIONS[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def resolve_batch_size(batch_size, device: torch.device) -> int:
+    return AUTO_BATCH_SIZE.get(device.type, 32) if batch_size == "auto" else int(batch_size)
+
+
+def autocast_context(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Move a batch to ``device`` and make it float in [0, 1] there."""
+    batch = batch.to(device, non_blocking=device.type == "cuda")
+    batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+    if channels_last and batch.ndim == 4:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def make_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0, shuffle=False, **kwargs):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_images,
+        persistent_workers=False,
+        **kwargs,
+    )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom)
+
+
+def prepare_module(module: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    module = module.to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module.eval()
+
+
+def forward_batches(
+    module,
+    dataset,
+    *,
+    batch_size="auto",
+    device="auto",
+    precision="auto",
+    num_workers: int = 0,
+    channels_last: bool = True,
+    progress: bool = False,
+    description: str = "featurizing",
+) -> np.ndarray:
+    """Embeddings of every image of ``dataset`` as a float32 array ``(n, d)``.
+
+    Rows come back in dataset order. On an out-of-memory error the failing
+    batch is retried in halves (down to one image), and later batches keep the
+    smaller size.
+    """
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    dtype = resolve_precision(precision, device)
+    batch_size = resolve_batch_size(batch_size, device)
+    module = prepare_module(module, device, channels_last)
+    loader = make_loader(dataset, batch_size, device, num_workers)
+    n = len(dataset)
+    out = None
+    micro = batch_size
+    bar = _progress_bar(n, description) if progress else None
+    start, done = time.perf_counter(), 0
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    try:
+        with torch.inference_mode(), autocast_context(device, dtype):
+            for batch in loader:
+                rows, micro = _forward_with_backoff(module, batch, device, channels_last, micro)
+                if out is None:
+                    out = np.empty((n, rows.shape[1]), dtype=np.float32)
+                out[done : done + len(rows)] = rows
+                done += len(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+                    bar.set_postfix_str(f"{done / (time.perf_counter() - start):.1f} img/s")
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _forward_with_backoff(module, batch, device, channels_last, micro):
+    while True:
+        try:
+            parts = [
+                module(to_model_input(batch[i : i + micro], device, channels_last)).float().cpu()
+                for i in range(0, len(batch), micro)
+            ]
+            return torch.cat(parts).numpy(), micro
+        except RuntimeError as exc:
+            if not _is_out_of_memory(exc) or micro == 1:
+                raise
+            micro = max(1, micro // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def _progress_bar(total: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="img")

@@ -1,0 +1,229 @@
+"""PretrainedCNNFeaturizer: images → embeddings of a pretrained CNN."""
+
+from __future__ import annotations
+
+import copy
+import os
+from enum import Enum
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._engine import PRECISIONS, forward_batches, resolve_device
+from ._images import ImageDataset, as_image_source
+from ._model import POOLINGS, build_embedder
+from ._preprocess import ImageTransform
+
+__all__ = ["PretrainedCNNFeaturizer"]
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def cpu_state(state: dict, module_keys) -> dict:
+    """``state`` with the named modules copied to the CPU (device-independent pickles)."""
+    state = dict(state)
+    for key in module_keys:
+        module = state.get(key)
+        if isinstance(module, torch.nn.Module) and _module_device(module).type != "cpu":
+            state[key] = copy.deepcopy(module).cpu()
+    return state
+
+
+class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Turn images into embeddings of a pretrained convolutional network.
+
+    The backbone is cut before its classifier; its last feature map is pooled
+    globally into one vector per image. Preprocessing (resize, crop, mean, std,
+    interpolation) comes from the weights' own metadata.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="mobilenet_v2"
+        A name from :func:`list_backbones`, any torchvision classification model
+        name, any timm model name (``timm`` extra), or a module that maps
+        ``(N, 3, H, W)`` to a feature map ``(N, C, h, w)`` or embeddings ``(N, D)``.
+        A module is copied, never modified.
+    weights : str, path, torchvision WeightsEnum or None, default="DEFAULT"
+        ``"DEFAULT"``, a torchvision weights name (``"IMAGENET1K_V1"``), a path to
+        a state-dict file or to a directory holding torchvision's file, or None
+        for random initialisation. Looked up offline first (see README).
+    layer : str or None, default=None
+        Take the pooled output of this module (named as in the torchvision or
+        timm network, e.g. ``"layer3"`` or ``"features.13"``) instead of the
+        last feature map. The forward pass stops at that layer.
+    pooling : {"avg", "max", "gem"}, default="avg"
+        Global pooling of the feature map; ``"gem"`` is generalised-mean (p=3).
+    image_size : int or None, default=None
+        Side of the square crop fed to the network; None uses the weights'
+        native size (224 for most). Smaller is faster.
+    image_shape : tuple or None, default=None
+        ``(H, W)`` or ``(H, W, C)`` of flattened rows, for 2-D ``X`` such as
+        ``load_digits().data``.
+    batch_size : int or "auto", default="auto"
+        Images per forward pass; ``"auto"`` is 256 on CUDA, 32 on CPU. On an
+        out-of-memory error batches are halved and retried.
+    device : str or torch.device, default="auto"
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+        or ``"mps"``. Resolved at each ``transform``, so a model fitted on a GPU
+        runs on a CPU-only machine.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Autocast dtype. ``"auto"``: bf16 (else fp16) on CUDA, bf16 on CPUs with
+        native bf16 support, float32 otherwise. Output is always float32.
+    num_workers : int, default=0
+        DataLoader worker processes decoding and resizing images in parallel.
+    progress : bool, default=False
+        Show a progress bar with images per second.
+
+    Attributes
+    ----------
+    backbone_ : torch.nn.Module
+        The embedding module (normalisation, trunk, pooling) with its weights.
+    data_config_ : DataConfig
+        Resolved preprocessing: ``crop_size``, ``resize_size``, ``interpolation``,
+        ``mean``, ``std``.
+    n_features_out_ : int
+        Embedding width.
+    weights_ : str or None
+        Which weights were loaded (torchvision name or file path).
+    weights_sha256_ : str or None
+        sha256 of the weights file.
+    n_features_in_ : int
+        Only for flattened 2-D input: the number of values per row.
+
+    See Also
+    --------
+    FineTuneClassifier : tune the backbone on your labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_tl import PretrainedCNNFeaturizer
+    >>> X = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    >>> featurizer = PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32)
+    >>> featurizer.fit_transform(X).shape
+    (4, 512)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str, torch.nn.Module],
+        "weights": [str, os.PathLike, Enum, None],
+        "layer": [str, None],
+        "pooling": [StrOptions(set(POOLINGS))],
+        "image_size": [Interval(Integral, 1, None, closed="left"), None],
+        "image_shape": [tuple, list, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "device": [str, torch.device],
+        "precision": [StrOptions({"auto", *PRECISIONS})],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        backbone="mobilenet_v2",
+        *,
+        weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        image_size=None,
+        image_shape=None,
+        batch_size="auto",
+        device="auto",
+        precision="auto",
+        num_workers=0,
+        progress=False,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.image_size = image_size
+        self.image_shape = image_shape
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.progress = progress
+
+    def _image_source(self, X, reset: bool):
+        if isinstance(X, np.ndarray) and X.ndim == 2 and self.image_shape is not None:
+            # Flattened images are ordinary 2-D sklearn data: validate them so.
+            X = validate_data(self, X, reset=reset, dtype=None, ensure_min_features=1)
+        elif reset and hasattr(self, "n_features_in_"):
+            del self.n_features_in_  # left from an earlier fit on flattened input
+        return as_image_source(X, self.image_shape)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Load the backbone and its weights, and resolve the preprocessing.
+
+        Nothing is learnt from ``X``; it is validated, so bad input fails here.
+
+        Parameters
+        ----------
+        X : images
+            See the class docstring for the supported formats.
+        y : ignored
+
+        Returns
+        -------
+        self : PretrainedCNNFeaturizer
+        """
+        self._image_source(X, reset=True)
+        resolve_device(self.device)  # a device this machine lacks fails in fit
+        built = build_embedder(self.backbone, self.weights, self.layer, self.pooling, self.image_size)
+        self.backbone_ = built.module
+        self.data_config_ = built.data_config
+        self.n_features_out_ = built.n_features
+        self.weights_ = built.weights.name
+        self.weights_sha256_ = built.weights.sha256
+        return self
+
+    def transform(self, X):
+        """Embed images.
+
+        Parameters
+        ----------
+        X : images
+            See the class docstring for the supported formats.
+
+        Returns
+        -------
+        X_embedded : ndarray of shape (n_samples, n_features_out_), float32
+        """
+        check_is_fitted(self)
+        source = self._image_source(X, reset=False)
+        dataset = ImageDataset(source, ImageTransform(self.data_config_))
+        return forward_batches(
+            self.backbone_,
+            dataset,
+            batch_size=self.batch_size,
+            device=self.device,
+            precision=self.precision,
+            num_workers=self.num_workers,
+            progress=self.progress,
+        )
+
+    @property
+    def _n_features_out(self):
+        return self.n_features_out_
+
+    def __getstate__(self):
+        return cpu_state(super().__getstate__(), ["backbone_"])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.non_deterministic = False
+        return tags

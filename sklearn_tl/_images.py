@@ -1,0 +1,307 @@
+"""Input adaptation: any supported ``X`` becomes a sequence of RGB images.
+
+Supported inputs
+----------------
+- numpy arrays ``(n, H, W)`` and ``(n, H, W, C)`` with ``C`` in {1, 3, 4};
+- flattened images ``(n, H*W*C)`` together with ``image_shape``;
+- torch tensors ``(n, C, H, W)`` or ``(n, H, W)``;
+- lists of PIL images, of arrays ``(H, W[, C])`` or tensors ``(C, H, W)`` of
+  any sizes, or of file paths (``str`` / ``pathlib.Path``), also as a 1-D array.
+
+uint8 (and other integer) images must lie in [0, 255], float images in [0, 1].
+Grayscale stays one channel until after resizing (then it is repeated),
+RGBA drops its alpha channel. Files are decoded lazily, one at a time, with
+EXIF orientation applied. Nothing the caller passes is modified: every image
+is copied before it is touched.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageSource", "ImageDataset", "ImageReadError", "as_image_source", "collate_images"]
+
+SUPPORTED_CHANNELS = (1, 3, 4)
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read or decoded."""
+
+    def __init__(self, message, index=None, path=None):
+        super().__init__(message)
+        self.index = index
+        self.path = path
+
+
+def _check_values(array, what):
+    """Validate dtype and value range; return the dtype images will have."""
+    if array.dtype == bool or array.dtype.kind not in "uif":
+        raise ValueError(f"{what} has dtype {array.dtype}; images must be uint8 in [0, 255] or float in [0, 1].")
+    if array.size == 0:
+        return
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what} contains NaN or infinity.")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"{what} is float with values in [{low:g}, {high:g}]; float images must be in [0, 1] "
+                "(divide by the maximum value, e.g. X / 255 or X / 16 for load_digits)."
+            )
+    elif array.dtype != np.uint8:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{what} is {array.dtype} with values in [{low}, {high}]; integer images must be in [0, 255] "
+                "(pass 16-bit images as float: X / 65535)."
+            )
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    """A fresh (copied) tensor: uint8 stays uint8, the rest becomes float32."""
+    if array.dtype == np.uint8:
+        return torch.tensor(array)
+    if array.dtype.kind in "ui":
+        return torch.tensor(array.astype(np.uint8))
+    return torch.tensor(array, dtype=torch.float32)
+
+
+def _hwc_to_chw(image: torch.Tensor, what) -> torch.Tensor:
+    if image.ndim == 2:
+        image = image.unsqueeze(-1)
+    if image.ndim != 3:
+        raise ValueError(f"{what} has {image.ndim} dimensions; an image is (H, W) or (H, W, C).")
+    return _drop_alpha(image.permute(2, 0, 1), what)
+
+
+def _drop_alpha(chw: torch.Tensor, what) -> torch.Tensor:
+    channels = chw.shape[0]
+    if channels not in SUPPORTED_CHANNELS:
+        raise ValueError(f"{what} has {channels} channels; supported: 1 (gray), 3 (RGB), 4 (RGBA).")
+    if min(chw.shape[1:]) == 0:
+        raise ValueError(f"{what} has an empty side: shape {tuple(chw.shape)}.")
+    return chw[:3] if channels == 4 else chw
+
+
+def pil_to_tensor(image: Image.Image, what="image") -> torch.Tensor:
+    """A PIL image as a ``(C, H, W)`` tensor, with EXIF orientation applied."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit: keep the precision, as float in [0, 1].
+        array = np.asarray(image, dtype=np.float32) / 65535.0
+        return torch.from_numpy(np.clip(array, 0.0, 1.0)).unsqueeze(0)
+    if mode == "F":
+        raise ValueError(f"{what} is a 32-bit float PIL image (mode 'F'); pass it as a float array in [0, 1].")
+    if mode in ("1", "LA", "La"):
+        image = image.convert("L")
+    elif mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode not in ("L", "RGB", "RGBA"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBa, ...
+    return _hwc_to_chw(torch.from_numpy(np.array(image)), what)
+
+
+def read_image_file(path, index=None) -> torch.Tensor:
+    """Decode one image file; errors name the file and its index."""
+    where = f"image file {str(path)!r}" + (f" (index {index})" if index is not None else "")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return pil_to_tensor(image, where)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+        reason = "not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
+        raise ImageReadError(f"Cannot read {where}: {reason}", index=index, path=str(path)) from exc
+
+
+class ImageSource:
+    """Random access to the images of ``X`` as ``(C, H, W)`` tensors."""
+
+    kind = "images"
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, index: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def path(self, index: int):
+        return None
+
+
+class ArraySource(ImageSource):
+    """A numpy array ``(n, H, W[, C])`` or a tensor ``(n, C, H, W)``."""
+
+    def __init__(self, array, channels_first: bool):
+        self.array = array
+        self.channels_first = channels_first
+        self.kind = "array"
+
+    def __len__(self):
+        return len(self.array)
+
+    def load(self, index):
+        item = self.array[index]
+        if isinstance(item, torch.Tensor):
+            image = item.detach().to("cpu", copy=True)
+            image = image.float() if image.is_floating_point() else image.to(torch.uint8)
+        else:
+            image = _to_tensor(np.asarray(item))
+        if image.ndim == 2:
+            image = image.unsqueeze(0 if self.channels_first else -1)
+        return _drop_alpha(image, f"X[{index}]") if self.channels_first else _hwc_to_chw(image, f"X[{index}]")
+
+
+class ListSource(ImageSource):
+    """A list of PIL images, arrays, tensors or paths; each checked when loaded."""
+
+    def __init__(self, items):
+        self.items = items
+        self.kind = "paths" if items and all(_is_path(i) for i in items) else "list"
+
+    def __len__(self):
+        return len(self.items)
+
+    def path(self, index):
+        item = self.items[index]
+        return os.fspath(item) if _is_path(item) else None
+
+    def load(self, index):
+        item = self.items[index]
+        what = f"X[{index}]"
+        if _is_path(item):
+            return read_image_file(os.fspath(item), index)
+        if isinstance(item, Image.Image):
+            return pil_to_tensor(item, what)
+        if isinstance(item, torch.Tensor):
+            array = item.detach().cpu().numpy()
+            _check_values(array, what)
+            image = _to_tensor(array)
+            if image.ndim == 2:
+                image = image.unsqueeze(0)
+            if image.ndim != 3:
+                raise ValueError(f"{what} is a tensor with {image.ndim} dimensions; expected (C, H, W).")
+            return _drop_alpha(image, what)
+        if isinstance(item, np.ndarray):
+            _check_values(item, what)
+            return _hwc_to_chw(_to_tensor(item), what)
+        raise TypeError(
+            f"{what} is a {type(item).__name__}; list items must be PIL images, arrays (H, W[, C]), "
+            "tensors (C, H, W) or file paths."
+        )
+
+
+def _is_path(item) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def as_image_source(X, image_shape=None) -> ImageSource:
+    """Adapt ``X`` to an :class:`ImageSource`, validating what is cheap to check.
+
+    Raises ``ValueError`` / ``TypeError`` naming the problem for empty input,
+    wrong dimensions, unsupported channel counts, NaN/inf or out-of-range values.
+    """
+    if isinstance(X, ImageSource):
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        raise TypeError(
+            f"X is a single path {os.fspath(X)!r}; pass a list of image paths "
+            "(for a folder of class sub-folders use sklearn_tl.load_image_folder)."
+        )
+    if hasattr(X, "to_numpy") and not isinstance(X, (np.ndarray, torch.Tensor)):
+        X = X.to_numpy()  # pandas Series / DataFrame column of paths
+    if isinstance(X, (list, tuple)):
+        if len(X) == 0:
+            raise ValueError("X is empty: at least one image is required.")
+        return ListSource(list(X))
+    if isinstance(X, torch.Tensor):
+        return _tensor_source(X)
+    if not isinstance(X, np.ndarray):
+        raise TypeError(
+            f"X is a {type(X).__name__}; expected a numpy array, a torch tensor, or a list of "
+            "PIL images, arrays or file paths."
+        )
+    if X.dtype.kind in "OUS":
+        if X.ndim != 1:
+            raise ValueError(f"X holds {X.dtype} values in {X.ndim} dimensions; a list of paths is 1-D.")
+        if X.size == 0:
+            raise ValueError("X is empty: at least one image is required.")
+        items = [str(x) if isinstance(x, (bytes, np.str_)) else x for x in X.tolist()]
+        return ListSource(items)
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise ValueError(f"X is empty (shape {X.shape}): at least one image is required.")
+    if X.ndim == 2:
+        if image_shape is None:
+            raise ValueError(
+                f"X is 2-D {X.shape}: for flattened images pass image_shape=(H, W) or (H, W, C); "
+                "otherwise pass images as (n, H, W) or (n, H, W, C)."
+            )
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) not in (2, 3) or int(np.prod(shape)) != X.shape[1]:
+            raise ValueError(
+                f"image_shape={tuple(image_shape)} does not match {X.shape[1]} features per row of X."
+            )
+        X = X.reshape((X.shape[0],) + shape)  # a view; the data is copied per image later
+    if X.ndim == 4 and X.shape[-1] not in SUPPORTED_CHANNELS:
+        hint = " (channels-first numpy input? use X.transpose(0, 2, 3, 1))" if X.shape[1] in SUPPORTED_CHANNELS else ""
+        raise ValueError(
+            f"X has shape {X.shape}: the last axis ({X.shape[-1]}) must be the channels, "
+            f"1, 3 or 4{hint}."
+        )
+    if X.ndim not in (3, 4):
+        raise ValueError(
+            f"X has {X.ndim} dimension(s) {X.shape}; expected (n, H, W), (n, H, W, C), "
+            "flattened (n, H*W*C) with image_shape, or a list of images or paths."
+        )
+    _check_values(X, "X")
+    return ArraySource(X, channels_first=False)
+
+
+def _tensor_source(X: torch.Tensor) -> ArraySource:
+    if X.ndim not in (3, 4):
+        raise ValueError(f"X is a tensor of shape {tuple(X.shape)}; expected (n, C, H, W) or (n, H, W).")
+    if X.shape[0] == 0:
+        raise ValueError("X is empty: at least one image is required.")
+    if X.ndim == 4 and X.shape[1] not in SUPPORTED_CHANNELS:
+        raise ValueError(
+            f"X is a tensor of shape {tuple(X.shape)}; channels (axis 1) must be 1, 3 or 4 (N, C, H, W)."
+        )
+    _check_values(X.detach().cpu().numpy(), "X")
+    return ArraySource(X, channels_first=True)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A torch ``Dataset`` over an :class:`ImageSource`: preprocessed RGB images.
+
+    Items are ``image`` or ``(image, target)`` when ``targets`` is given.
+    """
+
+    def __init__(self, source: ImageSource, transform, targets=None):
+        self.source = source
+        self.transform = transform
+        self.targets = targets
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        image = self.transform(self.source.load(index))
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        if self.targets is None:
+            return image
+        return image, self.targets[index]
+
+
+def collate_images(batch):
+    """Stack images (and targets); mixed uint8/float batches become float."""
+    if isinstance(batch[0], tuple):
+        images, targets = zip(*batch)
+        return collate_images(list(images)), torch.as_tensor(np.asarray(targets))
+    if any(image.dtype != torch.uint8 for image in batch):
+        batch = [image.float() / 255.0 if image.dtype == torch.uint8 else image for image in batch]
+    return torch.stack(batch)

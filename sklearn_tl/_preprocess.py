@@ -1,0 +1,137 @@
+"""Preprocessing: one resolver decides it, one transform applies it.
+
+Precedence (as timm's ``resolve_data_config``): explicit arguments, then the
+weights' own metadata (torchvision ``Weights.transforms``, timm
+``pretrained_cfg``), then ImageNet defaults. No estimator hard-codes a mean, a
+std or a size.
+
+The transform is geometric only (resize the shorter side, centre crop, or a
+random resized crop with flips when training); it keeps uint8 images uint8, so
+batches are small to move. Normalisation with the mean and std happens on the
+device, inside :class:`sklearn_tl._model.ImageEmbedder`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = ["DataConfig", "resolve_data_config", "ImageTransform"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images are prepared for a backbone.
+
+    ``crop_size`` is the square input the network sees; ``resize_size`` the
+    length the shorter side is resized to before the centre crop.
+    """
+
+    crop_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    min_size: int = 1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _from_torchvision(enum_member) -> DataConfig:
+    preset = enum_member.transforms()  # torchvision's ImageClassification preset
+    min_size = enum_member.meta.get("min_size", (1, 1))
+    return DataConfig(
+        crop_size=int(preset.crop_size[0]),
+        resize_size=int(preset.resize_size[0]),
+        interpolation=preset.interpolation.value,
+        mean=tuple(float(m) for m in preset.mean),
+        std=tuple(float(s) for s in preset.std),
+        min_size=int(max(min_size)),
+    )
+
+
+def _from_timm(network) -> DataConfig:
+    from timm.data import resolve_data_config as timm_resolve
+
+    cfg = timm_resolve({}, model=network)
+    crop = int(cfg["input_size"][-1])
+    return DataConfig(
+        crop_size=crop,
+        resize_size=int(math.floor(crop / cfg["crop_pct"])),
+        interpolation=cfg["interpolation"],
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
+    )
+
+
+def native_data_config(spec, weights, network) -> DataConfig:
+    """The architecture's own preprocessing, from the weights' metadata."""
+    from ._weights import weights_enum_for
+
+    if spec is None:
+        return DataConfig()
+    if spec.source == "timm":
+        return _from_timm(network)
+    member = weights.enum
+    if member is None:
+        # Random init or a bare file: the architecture's default weights still
+        # describe its native input size and preprocessing.
+        enum_cls = weights_enum_for(spec.name)
+        member = enum_cls.DEFAULT if enum_cls is not None else None
+    return _from_torchvision(member) if member is not None else DataConfig()
+
+
+def resolve_data_config(native: DataConfig, image_size=None) -> DataConfig:
+    """Apply explicit arguments over the native config.
+
+    ``image_size`` sets the crop; the resize keeps the native crop fraction.
+    """
+    if image_size is None:
+        return native
+    fraction = native.crop_size / native.resize_size
+    return DataConfig(
+        crop_size=int(image_size),
+        resize_size=int(round(image_size / fraction)),
+        interpolation=native.interpolation,
+        mean=native.mean,
+        std=native.std,
+        min_size=native.min_size,
+    )
+
+
+class ImageTransform:
+    """Geometric preprocessing of one ``(C, H, W)`` image tensor.
+
+    Evaluation: resize the shorter side to ``resize_size``, centre crop
+    ``crop_size``. Training (``augment=True``): random resized crop and a
+    horizontal flip. The dtype (uint8 or float in [0, 1]) is kept.
+    """
+
+    def __init__(self, config: DataConfig, augment: bool = False, scale=(0.35, 1.0)):
+        self.config = config
+        self.augment = augment
+        self.scale = tuple(scale)
+        self._interpolation = InterpolationMode(config.interpolation)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        size = self.config.crop_size
+        if self.augment:
+            top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), [3 / 4, 4 / 3])
+            image = TF.resized_crop(
+                image, top, left, height, width, [size, size], interpolation=self._interpolation, antialias=True
+            )
+            if torch.rand(()) < 0.5:
+                image = TF.horizontal_flip(image)
+            return image
+        if min(image.shape[-2:]) != self.config.resize_size:
+            image = TF.resize(image, self.config.resize_size, interpolation=self._interpolation, antialias=True)
+        return TF.center_crop(image, [size, size])
