@@ -43,6 +43,8 @@ class BackboneSpec:
     pretrained_kwargs : dict
         Builder arguments needed for the architecture to accept pretrained
         weights (for example Inception's input transform).
+    build_kwargs : dict
+        Builder arguments always passed.
     """
 
     name: str
@@ -52,6 +54,7 @@ class BackboneSpec:
     feature_layer: str = "features"
     trunk: Callable[[nn.Module], nn.Module] | None = None
     pretrained_kwargs: dict = field(default_factory=dict)
+    build_kwargs: dict = field(default_factory=dict)
 
     def build_network(self, pretrained: bool) -> nn.Module:
         """Build the full network with random weights (weights are loaded later)."""
@@ -60,7 +63,7 @@ class BackboneSpec:
             return timm.create_model(self.name, pretrained=False)
         from torchvision.models import get_model
 
-        kwargs = dict(self.pretrained_kwargs) if pretrained else {}
+        kwargs = {**self.build_kwargs, **(self.pretrained_kwargs if pretrained else {})}
         return get_model(self.name, weights=None, **kwargs)
 
     def build_trunk(self, network: nn.Module) -> nn.Module:
@@ -147,8 +150,11 @@ def import_timm(for_name: str):
 
 
 def _is_head(module: nn.Module) -> bool:
-    head_types = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Linear)
-    return any(isinstance(m, head_types) for m in module.modules())
+    """A global pool, a container of one (not nested deeper, as in SE blocks), or a Linear."""
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    if isinstance(module, pools) or any(isinstance(m, pools) for m in module.children()):
+        return True
+    return any(isinstance(m, nn.Linear) for m in module.modules())
 
 
 def children_before_global_pool(network: nn.Module, name: str = "model") -> nn.Sequential:
@@ -236,7 +242,9 @@ _register_family(
     {"inception_v3": 2048},
     "Mixed_7c",
     trunk=_inception_trunk,
-    pretrained_kwargs={"transform_input": True, "aux_logits": True, "init_weights": False},
+    pretrained_kwargs={"transform_input": True, "aux_logits": True},
+    # torchvision's own init is a slow truncated normal; weights are loaded or random anyway.
+    build_kwargs={"init_weights": False},
 )
 _register_family(
     "resnet",

@@ -76,7 +76,9 @@ def run_demo(n_per_class: int = 80, image_size: int = 112, out=print) -> dict:
     classifier = LogisticRegression(max_iter=3000)
 
     def featurizer_pipeline(weights):
-        featurizer = PretrainedCNNFeaturizer("mobilenet_v2", weights=weights, image_size=image_size)
+        featurizer = PretrainedCNNFeaturizer(
+            "mobilenet_v2", weights=weights, image_size=image_size, random_state=0
+        )
         return Pipeline([("features", featurizer), ("scale", StandardScaler()), ("clf", classifier)])
 
     flatten = FunctionTransformer(flatten_pixels)

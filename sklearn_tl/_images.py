@@ -39,6 +39,8 @@ class ImageReadError(ValueError):
 
 def _check_values(array, what):
     """Validate dtype and value range; return the dtype images will have."""
+    if array.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {what} has dtype {array.dtype}.")
     if array.dtype == bool or array.dtype.kind not in "uif":
         raise ValueError(f"{what} has dtype {array.dtype}; images must be uint8 in [0, 255] or float in [0, 1].")
     if array.size == 0:
@@ -47,16 +49,20 @@ def _check_values(array, what):
         if not np.isfinite(array).all():
             raise ValueError(f"{what} contains NaN or infinity.")
         low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
+        if low < 0.0:
+            raise ValueError(f"Negative values in data: {what} has minimum {low:g}; images must be in [0, 1].")
+        if high > 1.0:
             raise ValueError(
-                f"{what} is float with values in [{low:g}, {high:g}]; float images must be in [0, 1] "
+                f"{what} is float with maximum {high:g}; float images must be in [0, 1] "
                 "(divide by the maximum value, e.g. X / 255 or X / 16 for load_digits)."
             )
     elif array.dtype != np.uint8:
         low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
+        if low < 0:
+            raise ValueError(f"Negative values in data: {what} has minimum {low}; images must be in [0, 255].")
+        if high > 255:
             raise ValueError(
-                f"{what} is {array.dtype} with values in [{low}, {high}]; integer images must be in [0, 255] "
+                f"{what} is {array.dtype} with maximum {high}; integer images must be in [0, 255] "
                 "(pass 16-bit images as float: X / 65535)."
             )
 
@@ -212,8 +218,12 @@ def as_image_source(X, image_shape=None) -> ImageSource:
             f"X is a single path {os.fspath(X)!r}; pass a list of image paths "
             "(for a folder of class sub-folders use sklearn_tl.load_image_folder)."
         )
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError("Sparse input is not supported: images must be dense arrays, tensors, PIL images or paths.")
     if hasattr(X, "to_numpy") and not isinstance(X, (np.ndarray, torch.Tensor)):
         X = X.to_numpy()  # pandas Series / DataFrame column of paths
+    elif hasattr(X, "__array__") and not isinstance(X, (np.ndarray, torch.Tensor)):
+        X = np.asarray(X)
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
@@ -233,7 +243,8 @@ def as_image_source(X, image_shape=None) -> ImageSource:
         items = [str(x) if isinstance(x, (bytes, np.str_)) else x for x in X.tolist()]
         return ListSource(items)
     if X.ndim == 0 or X.shape[0] == 0:
-        raise ValueError(f"X is empty (shape {X.shape}): at least one image is required.")
+        raise ValueError(f"X is empty: found 0 sample(s) (shape {X.shape}); at least one image is required.")
+    _check_values(X, "X")
     if X.ndim == 2:
         if image_shape is None:
             raise ValueError(
@@ -257,7 +268,6 @@ def as_image_source(X, image_shape=None) -> ImageSource:
             f"X has {X.ndim} dimension(s) {X.shape}; expected (n, H, W), (n, H, W, C), "
             "flattened (n, H*W*C) with image_shape, or a list of images or paths."
         )
-    _check_values(X, "X")
     return ArraySource(X, channels_first=False)
 
 

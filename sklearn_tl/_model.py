@@ -151,8 +151,20 @@ def _user_module(backbone: nn.Module, weights) -> tuple[nn.Module, ResolvedWeigh
     return module, resolved
 
 
-def build_embedder(backbone, weights, layer=None, pooling="avg", image_size=None) -> BuiltBackbone:
-    """Build the embedding module and its preprocessing from estimator params."""
+def build_embedder(backbone, weights, layer=None, pooling="avg", image_size=None, seed=None) -> BuiltBackbone:
+    """Build the embedding module and its preprocessing from estimator params.
+
+    ``seed`` makes random initialisation reproducible without touching the
+    caller's global torch random state.
+    """
+    if seed is None:
+        return _build_embedder(backbone, weights, layer, pooling, image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_embedder(backbone, weights, layer, pooling, image_size)
+
+
+def _build_embedder(backbone, weights, layer, pooling, image_size) -> BuiltBackbone:
     if isinstance(backbone, nn.Module):
         trunk, resolved = _user_module(backbone, weights)
         spec, native = None, DataConfig()
