@@ -11,33 +11,9 @@ import time
 
 import numpy as np
 
-__all__ = ["texture_patches", "run_demo"]
+__all__ = ["run_demo"]
 
-TEXTURES = ("brick", "grass", "gravel")
 DEMO_WEIGHTS = "IMAGENET1K_V1"  # the MobileNetV2 file that ships offline
-
-
-def texture_patches(n_per_class: int = 80, size: int = 64, random_state: int = 0):
-    """Random rotated patches of scikit-image's texture photos.
-
-    Returns ``X`` uint8 ``(n, size, size)``, ``y`` int labels and the class names.
-    """
-    from PIL import Image
-    from skimage import data
-
-    rng = np.random.default_rng(random_state)
-    images, labels = [], []
-    for label, name in enumerate(TEXTURES):
-        photo = getattr(data, name)()
-        height, width = photo.shape[:2]
-        for _ in range(n_per_class):
-            side = int(rng.integers(48, 200))
-            top, left = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
-            patch = Image.fromarray(photo[top : top + side, left : left + side])
-            patch = patch.rotate(float(rng.uniform(0, 360)), resample=Image.BILINEAR)
-            images.append(np.asarray(patch.resize((size, size), Image.BILINEAR)))
-            labels.append(label)
-    return np.stack(images), np.asarray(labels), list(TEXTURES)
 
 
 def flatten_pixels(images):
@@ -66,9 +42,11 @@ def run_demo(n_per_class: int = 80, image_size: int = 112, out=print) -> dict:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+    from ._datasets import load_textures
     from ._featurizer import PretrainedCNNFeaturizer
 
-    X, y, classes = texture_patches(n_per_class)
+    data_set = load_textures(n_per_class)
+    X, y, classes = data_set.images, data_set.target, data_set.target_names
     out(f"Data: {len(X)} real texture patches ({', '.join(classes)}), {X.shape[1]}x{X.shape[2]} px, from scikit-image.")
     data = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
     cv = StratifiedKFold(3, shuffle=True, random_state=0)

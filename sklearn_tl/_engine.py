@@ -11,18 +11,25 @@ memory instead of failing or losing rows.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 
-from ._images import collate_images
+from ._images import ImageReadError, PartialBatch, collate_images
 
-__all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "forward_batches"]
+__all__ = ["ImageReadWarning", "resolve_device", "resolve_precision", "cpu_has_native_bf16", "forward_batches"]
 
 DEVICES_HELP = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO_BATCH_SIZE = {"cuda": 256, "mps": 64, "cpu": 32}
+AUTO_PROGRESS_MIN_IMAGES = 500
+
+
+class ImageReadWarning(UserWarning):
+    """Some images could not be read; their embedding rows are NaN."""
 
 
 def resolve_device(device) -> torch.device:
@@ -132,14 +139,16 @@ def forward_batches(
     precision="auto",
     num_workers: int = 0,
     channels_last: bool = True,
-    progress: bool = False,
+    progress=False,
     description: str = "featurizing",
+    n_features: int | None = None,
 ) -> np.ndarray:
     """Embeddings of every image of ``dataset`` as a float32 array ``(n, d)``.
 
     Rows come back in dataset order. On an out-of-memory error the failing
     batch is retried in halves (down to one image), and later batches keep the
-    smaller size.
+    smaller size. Images the dataset could not read (``on_error="warn"``) give
+    rows of NaN and one :class:`ImageReadWarning` naming the files.
     """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = resolve_precision(precision, device)
@@ -147,28 +156,52 @@ def forward_batches(
     module = prepare_module(module, device, channels_last)
     loader = make_loader(dataset, batch_size, device, num_workers)
     n = len(dataset)
-    out = None
+    out = None if n_features is None else np.full((n, n_features), np.nan, dtype=np.float32)
     micro = batch_size
-    bar = _progress_bar(n, description) if progress else None
+    failures = []
+    bar = _progress_bar(n, description) if show_progress(progress, n) else None
     start, done = time.perf_counter(), 0
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda"
     try:
         with torch.inference_mode(), autocast_context(device, dtype):
             for batch in loader:
-                rows, micro = _forward_with_backoff(module, batch, device, channels_last, micro, dtype)
-                if out is None:
-                    out = np.empty((n, rows.shape[1]), dtype=np.float32)
-                out[done : done + len(rows)] = rows
-                done += len(rows)
+                if isinstance(batch, PartialBatch):
+                    failures.extend(batch.failures)
+                    positions = done + np.flatnonzero(batch.valid.numpy())
+                    size, batch = len(batch.valid), batch.images
+                else:
+                    positions, size = slice(done, done + len(batch)), len(batch)
+                if batch is not None:
+                    rows, micro = _forward_with_backoff(module, batch, device, channels_last, micro, dtype)
+                    if out is None:
+                        out = np.full((n, rows.shape[1]), np.nan, dtype=np.float32)
+                    out[positions] = rows
+                done += size
                 if bar is not None:
-                    bar.update(len(rows))
+                    bar.update(size)
                     bar.set_postfix_str(f"{done / (time.perf_counter() - start):.1f} img/s")
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         if bar is not None:
             bar.close()
+    if failures:
+        shown = "; ".join(f.message for f in failures[:5]) + ("; ..." if len(failures) > 5 else "")
+        warnings.warn(
+            f"{len(failures)} of {n} image(s) could not be read; their rows are NaN: {shown}",
+            ImageReadWarning,
+            stacklevel=3,
+        )
+    if out is None:  # width unknown and no image readable
+        raise ImageReadError(f"None of the {n} image(s) could be read: {failures[0].message}")
     return out
+
+
+def show_progress(progress, n_images: int) -> bool:
+    """``progress="auto"``: a bar for long runs (>= 500 images) on a terminal."""
+    if progress == "auto":
+        return n_images >= AUTO_PROGRESS_MIN_IMAGES and sys.stderr.isatty()
+    return bool(progress)
 
 
 def _forward_with_backoff(module, batch, device, channels_last, micro, dtype):

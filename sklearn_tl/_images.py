@@ -18,12 +18,21 @@ is copied before it is touched.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageSource", "ImageDataset", "ImageReadError", "as_image_source", "collate_images"]
+__all__ = [
+    "ImageSource",
+    "ImageDataset",
+    "ImageReadError",
+    "LoadFailure",
+    "PartialBatch",
+    "as_image_source",
+    "collate_images",
+]
 
 SUPPORTED_CHANNELS = (1, 3, 4)
 
@@ -112,13 +121,36 @@ def pil_to_tensor(image: Image.Image, what="image") -> torch.Tensor:
     return _hwc_to_chw(torch.from_numpy(np.array(image)), what)
 
 
-def read_image_file(path, index=None) -> torch.Tensor:
-    """Decode one image file; errors name the file and its index."""
+def _shrink_for(image: Image.Image, min_side) -> Image.Image:
+    """Reduce a much larger image by an integer factor, keeping its shorter side >= 2 * min_side.
+
+    The final antialiased resize still sees at least twice the pixels it keeps,
+    so quality is unchanged; memory and time are not spent on the excess.
+    """
+    if not min_side:
+        return image
+    factor = min(image.size) // (2 * int(min_side))
+    return image.reduce(factor) if factor >= 2 else image
+
+
+def read_image_file(path, index=None, min_side=None) -> torch.Tensor:
+    """Decode one image file; errors name the file and its index.
+
+    ``min_side`` (the length the shorter side will be resized to) lets large
+    images be decoded at reduced scale: JPEG's DCT scaling through ``draft``,
+    an integer ``reduce`` for other formats. Pillow's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``) stays in force.
+    """
     where = f"image file {str(path)!r}" + (f" (index {index})" if index is not None else "")
     try:
         with Image.open(path) as image:
+            if min_side and image.format == "JPEG":
+                side = 2 * int(min_side)
+                scale = min(image.size) / side
+                if scale >= 2:
+                    image.draft(image.mode, (int(image.size[0] / scale), int(image.size[1] / scale)))
             image.load()
-            return pil_to_tensor(image, where)
+            return pil_to_tensor(_shrink_for(image, min_side), where)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
         reason = "not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
         raise ImageReadError(f"Cannot read {where}: {reason}", index=index, path=str(path)) from exc
@@ -132,7 +164,8 @@ class ImageSource:
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def load(self, index: int) -> torch.Tensor:  # pragma: no cover - abstract
+    def load(self, index: int, min_side=None) -> torch.Tensor:  # pragma: no cover - abstract
+        """Image ``index`` as ``(C, H, W)``; ``min_side`` allows decoding at reduced scale."""
         raise NotImplementedError
 
     def path(self, index: int):
@@ -150,7 +183,7 @@ class ArraySource(ImageSource):
     def __len__(self):
         return len(self.array)
 
-    def load(self, index):
+    def load(self, index, min_side=None):
         item = self.array[index]
         if isinstance(item, torch.Tensor):
             image = item.detach().to("cpu", copy=True)
@@ -176,11 +209,11 @@ class ListSource(ImageSource):
         item = self.items[index]
         return os.fspath(item) if _is_path(item) else None
 
-    def load(self, index):
+    def load(self, index, min_side=None):
         item = self.items[index]
         what = f"X[{index}]"
         if _is_path(item):
-            return read_image_file(os.fspath(item), index)
+            return read_image_file(os.fspath(item), index, min_side)
         if isinstance(item, Image.Image):
             return pil_to_tensor(item, what)
         if isinstance(item, torch.Tensor):
@@ -284,22 +317,50 @@ def _tensor_source(X: torch.Tensor) -> ArraySource:
     return ArraySource(X, channels_first=True)
 
 
+ON_ERROR = ("raise", "warn")
+
+
+class LoadFailure(NamedTuple):
+    """Stands in a batch for an image that could not be read (``on_error="warn"``)."""
+
+    index: int
+    message: str
+
+
+class PartialBatch(NamedTuple):
+    """A batch with unreadable images: ``images`` holds only the readable ones."""
+
+    images: torch.Tensor | None
+    valid: torch.Tensor  # bool mask over the batch positions
+    failures: list
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A torch ``Dataset`` over an :class:`ImageSource`: preprocessed RGB images.
 
-    Items are ``image`` or ``(image, target)`` when ``targets`` is given.
+    Items are ``image`` or ``(image, target)`` when ``targets`` is given. With
+    ``on_error="warn"``, an unreadable file gives a :class:`LoadFailure` instead
+    of raising, so one bad file does not stop a long run.
     """
 
-    def __init__(self, source: ImageSource, transform, targets=None):
+    def __init__(self, source: ImageSource, transform, targets=None, on_error="raise"):
         self.source = source
         self.transform = transform
         self.targets = targets
+        self.on_error = on_error
+        config = getattr(transform, "config", None)
+        self._min_side = getattr(config, "resize_size", None)
 
     def __len__(self):
         return len(self.source)
 
     def __getitem__(self, index):
-        image = self.transform(self.source.load(index))
+        try:
+            image = self.transform(self.source.load(index, self._min_side))
+        except ImageReadError as exc:
+            if self.on_error == "raise":
+                raise
+            return LoadFailure(index, str(exc))
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         if self.targets is None:
@@ -307,11 +368,23 @@ class ImageDataset(torch.utils.data.Dataset):
         return image, self.targets[index]
 
 
+def _stack(images):
+    if any(image.dtype != torch.uint8 for image in images):
+        images = [image.float() / 255.0 if image.dtype == torch.uint8 else image for image in images]
+    return torch.stack(images)
+
+
 def collate_images(batch):
-    """Stack images (and targets); mixed uint8/float batches become float."""
-    if isinstance(batch[0], tuple):
+    """Stack images (and targets); mixed uint8/float batches become float.
+
+    A batch holding :class:`LoadFailure` items becomes a :class:`PartialBatch`.
+    """
+    if isinstance(batch[0], tuple) and not isinstance(batch[0], LoadFailure):
         images, targets = zip(*batch)
         return collate_images(list(images)), torch.as_tensor(np.asarray(targets))
-    if any(image.dtype != torch.uint8 for image in batch):
-        batch = [image.float() / 255.0 if image.dtype == torch.uint8 else image for image in batch]
-    return torch.stack(batch)
+    failures = [item for item in batch if isinstance(item, LoadFailure)]
+    if not failures:
+        return _stack(batch)
+    valid = torch.tensor([not isinstance(item, LoadFailure) for item in batch])
+    images = [item for item in batch if not isinstance(item, LoadFailure)]
+    return PartialBatch(_stack(images) if images else None, valid, failures)

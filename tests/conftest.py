@@ -50,10 +50,9 @@ def photo_crops(sample_photos):
 @pytest.fixture(scope="session")
 def textures():
     """Real texture patches (brick/grass/gravel) from scikit-image: X, y."""
-    from sklearn_tl._demo import texture_patches
+    from sklearn_tl import load_textures
 
-    X, y, _ = texture_patches(n_per_class=30, size=48, random_state=0)
-    return X, y
+    return load_textures(n_per_class=30, size=48, random_state=0, return_X_y=True)
 
 
 @pytest.fixture

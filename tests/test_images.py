@@ -1,0 +1,201 @@
+"""Images at scale: folders of real photos, odd formats, bad files, streaming."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_tl import (
+    ImageReadError,
+    ImageReadWarning,
+    PretrainedCNNFeaturizer,
+    load_image_folder,
+)
+from sklearn_tl._images import read_image_file
+
+
+def tiny(**params):
+    defaults = {"backbone": "resnet18", "weights": None, "image_size": 32, "random_state": 0}
+    return PretrainedCNNFeaturizer(**{**defaults, **params})
+
+
+@pytest.fixture(scope="module")
+def crops():
+    """Real 96x128 crops of scikit-learn's two sample photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    return [photos[i % 2][40 * i : 40 * i + 96, 50 * i : 50 * i + 128] for i in range(6)]
+
+
+@pytest.fixture
+def photo_folder(tmp_path, crops):
+    root = tmp_path / "photos"
+    for i, crop in enumerate(crops):
+        label = "china" if i % 2 == 0 else "flower"
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(root / label / f"img{i}.png")
+    (root / "china" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "flower" / "README.txt").write_text("not an image")
+    (root / ".hidden_class").mkdir()
+    (root / "flower" / "nested").mkdir()
+    Image.fromarray(crops[1]).save(root / "flower" / "nested" / "deep.JPG")
+    return root
+
+
+class TestLoadImageFolder:
+    def test_paths_labels_and_skipped_files(self, photo_folder):
+        data = load_image_folder(photo_folder)
+        assert data.target_names == ["china", "flower"]
+        assert len(data.filenames) == 7 and data.target.tolist().count(1) == 4
+        assert data.n_skipped == 2 and any(p.endswith("README.txt") for p in data.skipped)
+        assert any(p.endswith("deep.JPG") for p in data.filenames)  # endings are case-insensitive
+        X, y = load_image_folder(photo_folder, return_X_y=True)
+        assert tiny().fit(X, y).transform(X).shape == (7, 512)
+
+    def test_missing_folder_and_empty_class(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_image_folder(tmp_path / "nope")
+        with pytest.raises(ValueError, match="no class sub-folders"):
+            load_image_folder(tmp_path)
+        (tmp_path / "empty_class").mkdir()
+        with pytest.raises(ValueError, match="empty_class.*holds no images"):
+            load_image_folder(tmp_path)
+
+
+class TestRealWorldFiles:
+    def test_exif_orientation_is_applied(self, tmp_path, crops, ):
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 CW to display"
+        Image.fromarray(crops[0]).save(tmp_path / "rotated.png", exif=exif)
+        loaded = read_image_file(tmp_path / "rotated.png")
+        expected = np.rot90(crops[0], k=-1)
+        np.testing.assert_array_equal(loaded.permute(1, 2, 0).numpy(), expected)
+
+    def test_palette_cmyk_gray_rgba_and_16_bit(self, tmp_path, crops):
+        rgb = Image.fromarray(crops[2])
+        cases = {
+            "palette.png": rgb.convert("P"),
+            "cmyk.jpg": rgb.convert("CMYK"),
+            "gray.png": rgb.convert("L"),
+            "rgba.png": rgb.convert("RGBA"),
+        }
+        for name, image in cases.items():
+            image.save(tmp_path / name)
+            with Image.open(tmp_path / name) as reopened:
+                expected = np.asarray(reopened.convert("RGB"))
+            loaded = read_image_file(tmp_path / name)
+            if loaded.shape[0] == 1:
+                loaded = loaded.expand(3, -1, -1)
+            np.testing.assert_array_equal(loaded.permute(1, 2, 0).numpy(), expected, err_msg=name)
+        gray8 = np.asarray(rgb.convert("L"))
+        Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "gray16.png")
+        sixteen = read_image_file(tmp_path / "gray16.png")
+        assert sixteen.dtype.is_floating_point  # 16-bit precision is kept, not clipped to 255
+        np.testing.assert_allclose(sixteen[0].numpy(), gray8 / 255.0, atol=1e-6)
+        featurizer = tiny().fit(crops)
+        np.testing.assert_allclose(
+            featurizer.transform([tmp_path / "gray16.png"]), featurizer.transform([gray8]), rtol=0.02, atol=0.02
+        )
+
+    def test_large_images_are_decoded_at_reduced_scale(self, tmp_path, crops):
+        big = Image.fromarray(crops[0]).resize((4000, 3000))
+        big.save(tmp_path / "big.jpg", quality=90)
+        big.save(tmp_path / "big.png", compress_level=1)
+        for name in ["big.jpg", "big.png"]:
+            full = read_image_file(tmp_path / name)
+            reduced = read_image_file(tmp_path / name, min_side=73)
+            assert full.shape[1:] == (3000, 4000)
+            assert 146 <= min(reduced.shape[1:]) < 600, name  # >= 2x the resize, far below full size
+        Z = tiny(image_size=64).fit([crops[0]]).transform([tmp_path / "big.jpg", tmp_path / "big.png"])
+        assert np.isfinite(Z).all()
+
+    def test_decompression_bomb_protection_stays_on(self, tmp_path, monkeypatch, crops):
+        Image.fromarray(crops[0]).save(tmp_path / "bomb.png")
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 96*128 > 2x the limit
+        with pytest.raises(ImageReadError, match="bomb.png.*DecompressionBomb"):
+            tiny().fit(crops).transform([tmp_path / "bomb.png"])
+
+
+class TestBadFiles:
+    @pytest.fixture
+    def bad_folder(self, tmp_path, crops):
+        good = tmp_path / "good.jpg"
+        Image.fromarray(crops[0]).save(good)
+        truncated = tmp_path / "truncated.jpg"
+        truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+        not_image = tmp_path / "text.png"
+        not_image.write_text("hello, I am not a PNG")
+        return {"good": good, "truncated": truncated, "not_image": not_image,
+                "missing": tmp_path / "missing.jpg", "directory": tmp_path}
+
+    @pytest.mark.parametrize("kind", ["truncated", "not_image", "missing", "directory"])
+    def test_error_names_the_file_and_index(self, bad_folder, kind, crops):
+        featurizer = tiny().fit(crops)
+        paths = [bad_folder["good"], bad_folder[kind]]
+        with pytest.raises(ImageReadError, match="index 1") as info:
+            featurizer.transform(paths)
+        assert str(bad_folder[kind]) in str(info.value) and info.value.index == 1
+
+    def test_on_error_warn_gives_nan_rows_in_place(self, bad_folder, crops):
+        featurizer = tiny(on_error="warn", batch_size=2).fit(crops)
+        paths = [bad_folder["good"], bad_folder["truncated"], bad_folder["good"], bad_folder["not_image"],
+                 bad_folder["good"]]
+        with pytest.warns(ImageReadWarning, match=r"2 of 5.*truncated\.jpg.*text\.png"):
+            Z = featurizer.transform(paths)
+        assert Z.shape == (5, 512)
+        assert np.isnan(Z[[1, 3]]).all() and np.isfinite(Z[[0, 2, 4]]).all()
+        np.testing.assert_allclose(Z[0], featurizer.transform([bad_folder["good"]])[0], rtol=1e-4, atol=1e-5)
+
+    def test_on_error_warn_when_nothing_is_readable(self, bad_folder, crops):
+        featurizer = tiny(on_error="warn").fit(crops)
+        with pytest.warns(ImageReadWarning, match="1 of 1"):
+            Z = featurizer.transform([bad_folder["truncated"]])
+        assert Z.shape == (1, 512) and np.isnan(Z).all()
+
+
+class TestStreaming:
+    def test_workers_give_the_same_rows(self, photo_folder):
+        X, _ = load_image_folder(photo_folder, return_X_y=True)
+        serial = tiny().fit(X).transform(X)
+        parallel = tiny(num_workers=2, batch_size=2).fit(X).transform(X)
+        np.testing.assert_allclose(parallel, serial, rtol=1e-4, atol=1e-5)
+
+    def test_progress_bar_reports_images_per_second(self, crops, capsys):
+        tiny(progress=True).fit(crops).transform(crops)
+        err = capsys.readouterr().err
+        assert "img/s" in err and "6/6" in err
+
+
+PEAK_RSS_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, numpy as np
+    from sklearn_tl import PretrainedCNNFeaturizer, load_image_folder
+    X, _ = load_image_folder(sys.argv[1], return_X_y=True)
+    X = X[: int(sys.argv[2])]
+    f = PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32, batch_size=16, progress=False).fit(X[:1])
+    Z = f.transform(X)
+    assert Z.shape[0] == len(X) and np.isfinite(Z).all()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """
+)
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_number_of_paths(tmp_path, crops):
+    root = tmp_path / "many" / "photos"
+    root.mkdir(parents=True)
+    big = [np.asarray(Image.fromarray(c).resize((320, 240))) for c in crops]
+    for i in range(500):
+        Image.fromarray(big[i % len(big)]).save(root / f"{i:04d}.jpg", quality=80)
+    (tmp_path / "peak.py").write_text(PEAK_RSS_SCRIPT)
+    peaks = {}
+    for n in (50, 500):
+        out = subprocess.run([sys.executable, str(tmp_path / "peak.py"), str(tmp_path / "many"), str(n)],
+                             capture_output=True, text=True, check=True, timeout=300)
+        peaks[n] = int(out.stdout.split()[-1]) / 1024  # MiB
+    # Holding 500 decoded 320x240 photos would add ~110 MiB; streaming adds ~nothing.
+    assert peaks[500] - peaks[50] < 30, peaks
