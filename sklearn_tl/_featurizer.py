@@ -7,14 +7,17 @@ import os
 from enum import Enum
 from numbers import Integral
 
+import joblib
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._engine import PRECISIONS, forward_batches, resolve_device
-from ._images import ImageDataset, as_image_source
+from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
+from ._engine import PRECISIONS, forward_batches, resolve_device, resolve_precision
+from ._images import ON_ERROR, ImageDataset, as_image_source
 from ._model import POOLINGS, build_embedder
 from ._preprocess import ImageTransform
 
@@ -80,8 +83,24 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         native bf16 support, float32 otherwise. Output is always float32.
     num_workers : int, default=0
         DataLoader worker processes decoding and resizing images in parallel.
-    progress : bool, default=False
-        Show a progress bar with images per second.
+    progress : bool or "auto", default="auto"
+        Show a progress bar with images per second; ``"auto"`` shows it for runs
+        of 500 images or more when standard error is a terminal.
+    on_error : {"raise", "warn"}, default="raise"
+        What an unreadable, truncated or non-image file does: raise an
+        :class:`ImageReadError` naming the file and its index, or give a row of
+        NaN for that sample with one :class:`ImageReadWarning` (so the row count
+        still matches ``y``; drop or impute those rows before a classifier that
+        rejects NaN).
+    cache : str, path-like, joblib.Memory, EmbeddingCache or None, default=None
+        Store embeddings on disk, keyed on each image's content and on
+        everything that changes the output (backbone, weights sha256, layer,
+        pooling, preprocessing, image shape, resolved device type and precision,
+        versions), so a ``GridSearchCV`` over the classifier embeds each image
+        once across folds, candidates, runs and ``n_jobs`` workers. A path or a
+        ``joblib.Memory`` names the directory; entries go to its
+        ``sklearn_tl_embeddings`` sub-directory. See :class:`EmbeddingCache`
+        for the size and for clearing it.
 
     Attributes
     ----------
@@ -108,7 +127,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     >>> import numpy as np
     >>> from sklearn_tl import PretrainedCNNFeaturizer
     >>> X = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
-    >>> featurizer = PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32)
+    >>> featurizer = PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32, random_state=0)
     >>> featurizer.fit_transform(X).shape
     (4, 512)
     """
@@ -124,7 +143,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "device": [str, torch.device],
         "precision": [StrOptions({"auto", *PRECISIONS})],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
-        "progress": ["boolean"],
+        "progress": ["boolean", StrOptions({"auto"})],
+        "on_error": [StrOptions(set(ON_ERROR))],
+        "random_state": ["random_state"],
+        "cache": [str, os.PathLike, joblib.Memory, EmbeddingCache, None],
     }
 
     def __init__(
@@ -140,7 +162,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         device="auto",
         precision="auto",
         num_workers=0,
-        progress=False,
+        progress="auto",
+        on_error="raise",
+        random_state=None,
+        cache=None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -153,6 +178,9 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.precision = precision
         self.num_workers = num_workers
         self.progress = progress
+        self.on_error = on_error
+        self.random_state = random_state
+        self.cache = cache
 
     def _image_source(self, X, reset: bool):
         if isinstance(X, np.ndarray) and X.ndim == 2 and self.image_shape is not None:
@@ -180,12 +208,15 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """
         self._image_source(X, reset=True)
         resolve_device(self.device)  # a device this machine lacks fails in fit
-        built = build_embedder(self.backbone, self.weights, self.layer, self.pooling, self.image_size)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        built = build_embedder(self.backbone, self.weights, self.layer, self.pooling, self.image_size, seed=seed)
         self.backbone_ = built.module
         self.data_config_ = built.data_config
         self.n_features_out_ = built.n_features
         self.weights_ = built.weights.name
         self.weights_sha256_ = built.weights.sha256
+        # Hashing a state dict can take a fraction of a second: once per fit, only when caching.
+        self._cache_fingerprint = model_fingerprint(self) if self.cache is not None else None
         return self
 
     def transform(self, X):
@@ -202,15 +233,33 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """
         check_is_fitted(self)
         source = self._image_source(X, reset=False)
-        dataset = ImageDataset(source, ImageTransform(self.data_config_))
-        return forward_batches(
-            self.backbone_,
-            dataset,
-            batch_size=self.batch_size,
-            device=self.device,
-            precision=self.precision,
-            num_workers=self.num_workers,
-            progress=self.progress,
+        dataset = ImageDataset(source, ImageTransform(self.data_config_), on_error=self.on_error)
+        store = as_embedding_cache(self.cache)
+        device = resolve_device(self.device)
+
+        def embed(images):
+            return forward_batches(
+                self.backbone_,
+                images,
+                batch_size=self.batch_size,
+                device=device,
+                precision=self.precision,
+                num_workers=self.num_workers,
+                progress=self.progress,
+                n_features=self.n_features_out_,
+            )
+
+        if store is None:
+            return embed(dataset)
+        # cache set after fit (set_params): identify the fitted module itself, without storing it
+        static = getattr(self, "_cache_fingerprint", None) or model_fingerprint(self, exact=True)
+        fingerprint = runtime_fingerprint(static, device, resolve_precision(self.precision, device))
+        return store.embed(
+            source,
+            lambda indices: torch.utils.data.Subset(dataset, indices),
+            fingerprint,
+            self.n_features_out_,
+            embed,
         )
 
     @property
@@ -224,6 +273,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         tags.input_tags.allow_nan = False
+        tags.input_tags.positive_only = True  # pixel values are never negative
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.non_deterministic = False
         return tags

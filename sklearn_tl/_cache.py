@@ -1,0 +1,438 @@
+"""The embedding cache: one small file per (image content, model) pair.
+
+A frozen backbone maps the same image to the same embedding, so
+``PretrainedCNNFeaturizer(cache=...)`` stores each row under a key made of
+
+- the image's *content*: dtype, shape and bytes of an array or tensor, the
+  decoded pixels of a PIL image, the bytes of an image file (never its position
+  in ``X`` or its path alone);
+- the model's *fingerprint*: package, torch and torchvision versions, the
+  backbone (its name, or for a ``torch.nn.Module`` its class, structure and
+  state dict), the weights' sha256 (or a hash of the loaded state dict when
+  there is no file, e.g. ``weights=None``), ``layer``, ``pooling``, every field of
+  ``data_config_`` (crop, resize, interpolation, mean, std), ``image_shape``,
+  and the resolved device type and autocast dtype.
+
+``batch_size``, ``num_workers``, ``progress`` and the device index are not in the
+key: they do not change the output.
+
+Entries are written to a temporary file and moved into place with
+``os.replace``, so a reader never sees a partial entry; each entry carries a
+checksum of its key and payload, so a corrupt file is recomputed, never
+returned. Entries live in ``<location>/sklearn_tl_embeddings/<2 hex>/`` (256
+shards). Computing missing rows holds a per-model file lock, so concurrent
+``n_jobs`` workers wait for each other instead of embedding the same images
+twice. A location that cannot be written is still read; writes are skipped
+with one :class:`EmbeddingCacheWarning`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import struct
+import threading
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["EmbeddingCache", "EmbeddingCacheWarning", "as_embedding_cache", "model_fingerprint", "content_key"]
+
+SUBDIR = "sklearn_tl_embeddings"
+ENTRY_SUFFIX = ".emb"
+_MAGIC = b"SKTLEMB1"
+# magic, blake2b-16 checksum of (key + payload), number of float32 values
+_HEADER = struct.Struct("<8s16sI")
+
+
+class EmbeddingCacheWarning(UserWarning):
+    """The embedding cache could not be written, or held corrupt entries."""
+
+
+def _blake(*parts: bytes, size: int = 20) -> bytes:
+    digest = hashlib.blake2b(digest_size=size)
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+# ---------------------------------------------------------------- content keys
+
+
+def _array_digest(array: np.ndarray, tag: str) -> bytes:
+    array = np.ascontiguousarray(array)
+    header = f"{tag}|{array.dtype.str}|{array.shape}|".encode()
+    return _blake(header, memoryview(array).cast("B"))
+
+
+def _tensor_digest(tensor: torch.Tensor, tag: str) -> bytes:
+    tensor = tensor.detach().cpu().contiguous()
+    header = f"{tag}|{tensor.dtype}|{tuple(tensor.shape)}|".encode()
+    # A uint8 view serialises any dtype (bfloat16 included) without conversion.
+    return _blake(header, tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _file_digest(path: str) -> bytes | None:
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(b"file|")
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None  # unreadable: not cached, the forward pass reports the error
+    return digest.digest()
+
+
+def content_key(source, index: int) -> bytes | None:
+    """A digest of image ``index`` of ``source`` that depends only on its content.
+
+    Returns None for an image that cannot be keyed (an unreadable file): such
+    images are always computed, so their errors surface as usual.
+    """
+    from PIL import Image
+
+    from ._images import ArraySource, ListSource
+
+    if isinstance(source, ArraySource):
+        item = source.array[index]
+        tag = "array-chw" if source.channels_first else "array-hwc"
+        if isinstance(item, torch.Tensor):
+            return _tensor_digest(item, tag)
+        return _array_digest(np.asarray(item), tag)
+    if isinstance(source, ListSource):
+        item = source.items[index]
+        path = source.path(index)
+        if path is not None:
+            return _file_digest(path)
+        if isinstance(item, np.ndarray):
+            return _array_digest(item, "list-hwc")
+        if isinstance(item, torch.Tensor):
+            return _tensor_digest(item, "list-chw")
+        if not isinstance(item, Image.Image):
+            return None  # not an image: the forward pass raises the usual TypeError
+    # PIL images and other sources: the decoded pixels (mode, palette and EXIF
+    # orientation are already applied by load).
+    try:
+        return _tensor_digest(source.load(index), "decoded")
+    except (ValueError, TypeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------- model fingerprint
+
+
+def _state_dict_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(featurizer, exact: bool = False) -> str:
+    """The device-independent part of the key of a fitted featurizer.
+
+    Hashing a state dict costs a fraction of a second for large networks, so
+    ``fit`` computes this once; it is combined with the device type and
+    autocast dtype at each ``transform`` (:func:`runtime_fingerprint`).
+    ``exact=True`` identifies the fitted module by its structure and state dict
+    alone, for when the parameters may have changed since ``fit``.
+    """
+    import torchvision
+
+    from . import __version__
+
+    backbone = featurizer.backbone
+    module = featurizer.backbone_
+    if exact or isinstance(backbone, torch.nn.Module):
+        cls = type(backbone) if isinstance(backbone, torch.nn.Module) else type(module)
+        # Class, structure and parameters: a module has no other identity.
+        identity = {
+            "module": f"{cls.__module__}.{cls.__qualname__}",
+            "structure": repr(module),
+            "state": _state_dict_digest(module),
+        }
+    else:
+        identity = {"name": str(backbone).lower()}
+        if featurizer.weights_sha256_ is not None:
+            identity["weights_sha256"] = featurizer.weights_sha256_
+        else:
+            # Random init (weights=None) or weights without a file: the loaded
+            # parameters themselves are the identity.
+            identity["state"] = _state_dict_digest(featurizer.backbone_)
+    fields = {
+        "format": 1,
+        "sklearn_tl": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "backbone": identity,
+        # What the fitted module does, not what the parameters say now.
+        "layer": getattr(module, "layer", featurizer.layer),
+        "pooling": getattr(getattr(module, "pool", None), "mode", featurizer.pooling),
+        "data_config": featurizer.data_config_.as_dict(),
+        "image_shape": None if featurizer.image_shape is None else [int(s) for s in featurizer.image_shape],
+        "n_features": int(featurizer.n_features_out_),
+    }
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+def runtime_fingerprint(static: str, device: torch.device, autocast_dtype) -> bytes:
+    """``static`` plus what the transform-time device choice changes."""
+    dtype = "float32" if autocast_dtype is None else str(autocast_dtype).replace("torch.", "")
+    return _blake(f"{static}|{device.type}|{dtype}".encode())
+
+
+# ---------------------------------------------------------------- the store
+
+
+def as_embedding_cache(cache) -> EmbeddingCache | None:
+    """The store for a featurizer's ``cache`` parameter (None: no caching)."""
+    if cache is None or isinstance(cache, EmbeddingCache):
+        return cache
+    location = getattr(cache, "location", cache)  # joblib.Memory
+    if location is None:
+        return None  # joblib.Memory(location=None) caches nothing
+    return EmbeddingCache(location)
+
+
+class EmbeddingCache:
+    """A directory of embeddings keyed on image content and model.
+
+    Pass it (or just a directory path, or a ``joblib.Memory``) as the ``cache``
+    of :class:`PretrainedCNNFeaturizer`. Entries are stored under
+    ``<location>/sklearn_tl_embeddings``; other files in ``location`` are never
+    touched, so it can share a directory with ``Pipeline(memory=...)``.
+
+    Parameters
+    ----------
+    location : str or path-like
+        The directory; created on the first write. ``~`` is expanded.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        ``location / "sklearn_tl_embeddings"``, where the entries live.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sklearn_tl import EmbeddingCache
+    >>> cache = EmbeddingCache(tempfile.mkdtemp())
+    >>> cache.n_entries, cache.size()
+    (0, 0)
+    >>> cache.clear()
+    """
+
+    def __init__(self, location):
+        self.location = os.path.expanduser(os.fspath(location))
+        self.root = Path(self.location) / SUBDIR
+        self._writable = True
+        self._shards: set[str] = set()
+
+    def __repr__(self):
+        return f"EmbeddingCache({self.location!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, EmbeddingCache) and other.location == self.location
+
+    def __hash__(self):
+        return hash(self.location)
+
+    def __getstate__(self):
+        return {"location": self.location}
+
+    def __setstate__(self, state):
+        self.__init__(state["location"])
+
+    # -- reporting
+
+    def _entry_files(self):
+        if not self.root.is_dir():
+            return
+        for shard in os.scandir(self.root):
+            if shard.is_dir() and len(shard.name) == 2:
+                for entry in os.scandir(shard.path):
+                    if entry.name.endswith(ENTRY_SUFFIX):
+                        yield entry
+
+    @property
+    def n_entries(self) -> int:
+        """Number of stored embeddings (all models)."""
+        return sum(1 for _ in self._entry_files())
+
+    def size(self) -> int:
+        """Bytes used by the stored embeddings."""
+        return sum(entry.stat().st_size for entry in self._entry_files())
+
+    def clear(self) -> None:
+        """Delete every stored embedding (do not run it while a search writes)."""
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self._shards.clear()
+
+    # -- entries
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], key + ENTRY_SUFFIX)
+
+    def get(self, key: str, n_features: int):
+        """The stored row for ``key``: an array, None if absent, or False if corrupt."""
+        try:
+            with open(self._path(key), "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return None
+        if len(data) != _HEADER.size + 4 * n_features:
+            return False
+        magic, checksum, count = _HEADER.unpack_from(data)
+        payload = data[_HEADER.size :]
+        if magic != _MAGIC or count != n_features or checksum != _blake(key.encode(), payload, size=16):
+            return False
+        return np.frombuffer(payload, dtype="<f4")
+
+    def put(self, key: str, row: np.ndarray) -> bool:
+        """Store ``row`` atomically; False (after one warning) if the location is not writable."""
+        if not self._writable:
+            return False
+        payload = np.ascontiguousarray(row, dtype="<f4").tobytes()
+        data = _HEADER.pack(_MAGIC, _blake(key.encode(), payload, size=16), len(payload) // 4) + payload
+        shard = os.path.join(self.root, key[:2])
+        tmp = os.path.join(shard, f".{key}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            if shard not in self._shards:
+                os.makedirs(shard, exist_ok=True)
+                self._shards.add(shard)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, self._path(key))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            self._writable = False
+            reason = "is read-only" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "cannot be written"
+            warnings.warn(
+                f"Embedding cache {self.location!r} {reason} ({exc.strerror or exc}); embeddings are "
+                "computed but not stored.",
+                EmbeddingCacheWarning,
+                stacklevel=3,
+            )
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def lock(self, name: str):
+        """Hold an exclusive per-``name`` lock across processes (a no-op where impossible)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock, so concurrent workers may duplicate work
+            yield
+            return
+        handle = None
+        if self._writable:
+            try:
+                lock_dir = self.root / ".locks"
+                lock_dir.mkdir(parents=True, exist_ok=True)
+                handle = open(lock_dir / name, "a+b")
+            except OSError:
+                handle = None  # read-only: put() will warn and skip writes
+        if handle is None:
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            yield
+        finally:
+            handle.close()  # closing releases the lock
+
+    # -- the featurizer's path
+
+    def embed(self, source, indices_dataset, fingerprint: bytes, n_features: int, compute) -> np.ndarray:
+        """Rows for every image of ``source``, computing only those not stored.
+
+        Parameters
+        ----------
+        source : ImageSource
+        indices_dataset : callable
+            ``indices -> Dataset`` over those images of ``source``.
+        fingerprint : bytes
+            :func:`runtime_fingerprint` of the model.
+        n_features : int
+        compute : callable
+            ``Dataset -> ndarray (len, n_features)``, the forward pass.
+        """
+        n = len(source)
+        out = np.empty((n, n_features), dtype=np.float32)
+        keys: list[str | None] = []
+        for index in range(n):
+            digest = content_key(source, index)
+            keys.append(None if digest is None else _blake(fingerprint, digest).hex())
+
+        missing = self._fill(out, keys, range(n), n_features)
+        if not missing:
+            return out
+        lock_name = fingerprint.hex()
+        with self.lock(lock_name):
+            # Another worker may have stored them while this one waited.
+            missing = self._fill(out, keys, missing, n_features, report=False)
+            if missing:
+                self._compute(out, keys, missing, indices_dataset, compute, n_features)
+        return out
+
+    def _fill(self, out, keys, indices, n_features, report=True) -> list[int]:
+        missing, corrupt = [], 0
+        for index in indices:
+            key = keys[index]
+            row = None if key is None else self.get(key, n_features)
+            if row is None or row is False:
+                corrupt += row is False
+                missing.append(index)
+            else:
+                out[index] = row
+        if corrupt and report:
+            warnings.warn(
+                f"{corrupt} corrupt entr{'y' if corrupt == 1 else 'ies'} in embedding cache "
+                f"{self.location!r} {'was' if corrupt == 1 else 'were'} recomputed.",
+                EmbeddingCacheWarning,
+                stacklevel=4,
+            )
+        return missing
+
+    def _compute(self, out, keys, missing, indices_dataset, compute, n_features):
+        # Identical images within X are embedded once.
+        first_of: dict[str, int] = {}
+        todo, copies = [], []
+        for index in missing:
+            key = keys[index]
+            if key is not None and key in first_of:
+                copies.append((index, first_of[key]))
+                continue
+            if key is not None:
+                first_of[key] = index
+            todo.append(index)
+        rows = compute(indices_dataset(todo))
+        if rows.shape != (len(todo), n_features):
+            raise RuntimeError(f"The backbone gave embeddings of shape {rows.shape}; expected width {n_features}.")
+        out[todo] = rows
+        for index, original in copies:
+            out[index] = out[original]
+        for index, row in zip(todo, rows):
+            if keys[index] is None or not np.isfinite(row).all():
+                continue  # unreadable image (on_error="warn"): never store its NaN row
+            if not self.put(keys[index], row):
+                break  # not writable: warned once

@@ -1,0 +1,139 @@
+"""Scaling out on Dask: featurize a collection too large for one machine.
+
+Model search needs nothing from this module: ``GridSearchCV(..., n_jobs=-1)``
+runs on a ``dask.distributed`` cluster under ``joblib.parallel_backend("dask")``
+like any scikit-learn estimator. :func:`featurize_dask` covers the other case,
+a collection of image paths that does not fit in one machine's memory.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+
+import numpy as np
+
+__all__ = ["featurize_dask", "dask_worker_threads", "dask_worker_gpu"]
+
+DASK_EXTRA_HINT = "pip install 'sklearn_tl[dask]'"
+
+
+def _import_dask():
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:
+        raise ImportError(f"Dask support needs dask and distributed: {DASK_EXTRA_HINT}") from exc
+    return dask, da
+
+
+def _current_worker():
+    """The ``distributed`` worker running this code, or None."""
+    if "distributed" not in sys.modules:
+        return None  # not imported, so not inside a worker: skip the costly import
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:  # not inside a worker
+        return None
+
+
+def dask_worker_threads() -> int | None:
+    """Threads this Dask worker may use (its ``nthreads``), or None outside Dask.
+
+    The engine sets torch's intra-op threads to it, so ``n`` workers with
+    ``threads_per_worker=t`` never run more than ``n * t`` compute threads.
+    """
+    worker = _current_worker()
+    if worker is None:
+        return None
+    state = getattr(worker, "state", worker)
+    return int(getattr(state, "nthreads", 0) or getattr(worker, "nthreads", 0) or 1)
+
+
+def dask_worker_gpu(device_count: int) -> int | None:
+    """The CUDA device index for this Dask worker when several GPUs are visible.
+
+    Workers of a ``LocalCluster`` are named 0, 1, ...; worker ``k`` takes GPU
+    ``k % device_count``, so no two workers share one while there are enough.
+    (``dask_cuda.LocalCUDACluster`` instead shows each worker only its own GPU,
+    which makes this a no-op.)
+    """
+    worker = _current_worker()
+    if worker is None or device_count < 2:
+        return None
+    suffix = str(worker.name).rsplit("-", 1)[-1]
+    index = int(suffix) if suffix.isdigit() else zlib.crc32(str(worker.address).encode())
+    return index % device_count
+
+
+def _transform_partition(featurizer, paths) -> np.ndarray:
+    paths = list(paths)
+    if not paths:
+        return np.empty((0, featurizer.n_features_out_), dtype=np.float32)
+    return featurizer.transform(paths)
+
+
+def featurize_dask(featurizer, paths):
+    """Embed a Dask collection of image paths, partition by partition, on the workers.
+
+    Parameters
+    ----------
+    featurizer : PretrainedCNNFeaturizer
+        A *fitted* featurizer. It enters the task graph once, as one key, so
+        each worker receives it once, however many partitions it computes.
+        Its ``cache`` (on storage all workers share) is used by every worker.
+    paths : dask.bag.Bag, dask.array.Array (1-D), or dask DataFrame column
+        File paths (anything ``transform`` accepts as a list item).
+
+    Returns
+    -------
+    embeddings : dask.array.Array of shape (n_images, n_features_out_), float32
+        One chunk per input partition, in input order. Nothing is computed
+        until you ask (``.compute()``, ``.to_zarr()``, ``da.store``...).
+
+    Examples
+    --------
+    >>> import dask.bag as db  # doctest: +SKIP
+    >>> embeddings = featurize_dask(featurizer.fit(paths[:1]), db.from_sequence(paths, npartitions=8))  # doctest: +SKIP
+    >>> embeddings.compute().shape  # doctest: +SKIP
+    (10000, 1280)
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    dask, da = _import_dask()
+    check_is_fitted(featurizer)
+    partitions, lengths = _partitions(paths, dask)
+    model = dask.delayed(featurizer, pure=True)  # one key in the graph, shipped once per worker
+    width = featurizer.n_features_out_
+    blocks = [
+        da.from_delayed(dask.delayed(_transform_partition)(model, part), shape=(n, width), dtype=np.float32)
+        for part, n in zip(partitions, lengths)
+    ]
+    if not blocks:
+        raise ValueError("paths is an empty Dask collection.")
+    return da.concatenate(blocks, axis=0)
+
+
+def _partitions(paths, dask):
+    """Delayed partitions of ``paths`` and their lengths."""
+    import dask.array as da
+
+    if isinstance(paths, da.Array):
+        if paths.ndim != 1:
+            raise ValueError(f"A Dask array of paths must be 1-D; got shape {paths.shape}.")
+        lengths = [int(n) for n in paths.chunks[0]]
+        return list(paths.to_delayed().ravel()), lengths
+    if hasattr(paths, "to_delayed") and hasattr(paths, "map_partitions"):  # Bag, Series, DataFrame
+        dataframes = sys.modules.get("dask.dataframe")
+        if dataframes is not None and isinstance(paths, dataframes.DataFrame):
+            if len(paths.columns) != 1:
+                raise ValueError("Pass one column of paths, e.g. df['path'], not a whole DataFrame.")
+            paths = paths[paths.columns[0]]
+        lengths = [int(n) for n in paths.map_partitions(len).compute()]  # cheap: counts, not images
+        return list(paths.to_delayed()), lengths
+    raise TypeError(
+        f"paths is a {type(paths).__name__}; expected a dask bag, a 1-D dask array or a dask "
+        "DataFrame column of image paths (use featurizer.transform for in-memory data)."
+    )
