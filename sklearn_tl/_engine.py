@@ -14,6 +14,7 @@ import contextlib
 import sys
 import time
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -144,6 +145,7 @@ def forward_batches(
     progress=False,
     description: str = "featurizing",
     n_features: int | None = None,
+    compile: bool = False,
 ) -> np.ndarray:
     """Embeddings of every image of ``dataset`` as a float32 array ``(n, d)``.
 
@@ -151,11 +153,16 @@ def forward_batches(
     batch is retried in halves (down to one image), and later batches keep the
     smaller size. Images the dataset could not read (``on_error="warn"``) give
     rows of NaN and one :class:`ImageReadWarning` naming the files.
+    ``compile=True`` runs a ``torch.compile``d copy of the module (compiled once
+    per module and device, at the first call), padding the last batch so that
+    a single input shape is compiled.
     """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = resolve_precision(precision, device)
     batch_size = resolve_batch_size(batch_size, device)
     module = prepare_module(module, device, channels_last)
+    if compile:
+        module = compiled(module, device)
     loader = make_loader(dataset, batch_size, device, num_workers)
     n = len(dataset)
     out = None if n_features is None else np.full((n, n_features), np.nan, dtype=np.float32)
@@ -175,7 +182,9 @@ def forward_batches(
                 else:
                     positions, size = slice(done, done + len(batch)), len(batch)
                 if batch is not None:
-                    rows, micro = _forward_with_backoff(module, batch, device, channels_last, micro, dtype)
+                    rows, micro = _forward_with_backoff(
+                        module, batch, device, channels_last, micro, dtype, pad=compile
+                    )
                     if out is None:
                         out = np.full((n, rows.shape[1]), np.nan, dtype=np.float32)
                     out[positions] = rows
@@ -221,11 +230,14 @@ def show_progress(progress, n_images: int) -> bool:
     return bool(progress)
 
 
-def _forward_with_backoff(module, batch, device, channels_last, micro, dtype):
+def _forward_with_backoff(module, batch, device, channels_last, micro, dtype, pad=False):
     while True:
         try:
             parts = [
-                _forward_finite(module, to_model_input(batch[i : i + micro], device, channels_last), device, dtype)
+                _forward_finite(
+                    module, to_model_input(_padded(batch[i : i + micro], micro if pad else 0), device, channels_last),
+                    device, dtype,
+                )[: len(batch[i : i + micro])]
                 for i in range(0, len(batch), micro)
             ]
             return torch.cat(parts).numpy(), micro
@@ -235,6 +247,29 @@ def _forward_with_backoff(module, batch, device, channels_last, micro, dtype):
             micro = max(1, micro // 2)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def _padded(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """``batch`` repeated up to ``size`` rows (a compiled module then sees one shape)."""
+    if len(batch) >= size:
+        return batch
+    return torch.cat([batch, batch[-1:].expand(size - len(batch), *batch.shape[1:])])
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(module: torch.nn.Module, device: torch.device):
+    """``torch.compile(module)``, built once per module and device.
+
+    Inductor's ``freezing`` folds weights into the graph for inference, which
+    is where most of the CPU speed-up comes from.
+    """
+    key = (device.type, device.index)
+    per_module = _COMPILED.setdefault(module, {})
+    if key not in per_module:
+        per_module[key] = torch.compile(module, dynamic=False, options={"freezing": True})
+    return per_module[key]
 
 
 def _forward_finite(module, x, device, dtype):

@@ -19,7 +19,8 @@ FEATURIZER_EXPECTED_FAILURES = {
     "check_estimators_overwrite_params": NOT_IMAGES + COVERED + "test_params_are_stored_untouched_and_fit_returns_self",
     "check_estimators_fit_returns_self": NOT_IMAGES + COVERED + "test_params_are_stored_untouched_and_fit_returns_self",
     "check_fit_score_takes_y": NOT_IMAGES + COVERED + "test_fit_accepts_and_ignores_y",
-    "check_dtype_object": NOT_IMAGES + "object arrays are paths; " + COVERED + "test_all_formats_give_the_same_embeddings",
+    "check_dtype_object": NOT_IMAGES + "object arrays are paths; "
+    + COVERED + "test_all_formats_give_the_same_embeddings",
     "check_estimators_dtypes": NOT_IMAGES + COVERED + "test_integer_and_float_dtypes_and_memory_layouts",
     "check_transformer_preserve_dtypes": NOT_IMAGES + COVERED + "test_integer_and_float_dtypes_and_memory_layouts",
     "check_f_contiguous_array_estimator": NOT_IMAGES + COVERED + "test_integer_and_float_dtypes_and_memory_layouts",

@@ -1,5 +1,8 @@
 """Scaling out: a real dask.distributed LocalCluster (2 worker processes)."""
 
+import dask.array as dask_array  # noqa: E402  (the dask extra is part of `make test`)
+import dask.bag as dask_bag  # noqa: E402
+import distributed  # noqa: E402
 import joblib
 import numpy as np
 import pytest
@@ -11,10 +14,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_tl import PretrainedCNNFeaturizer, featurize_dask, load_textures
-
-import dask.array as dask_array  # noqa: E402  (the dask extra is part of `make test`)
-import dask.bag as dask_bag  # noqa: E402
-import distributed  # noqa: E402
 
 REAL_WEIGHTS = "IMAGENET1K_V1"
 
@@ -50,7 +49,8 @@ def test_grid_search_on_the_cluster_matches_the_local_run(client, texture_files)
     paths, y = texture_files
     X = np.array(paths[::3], dtype=object)
     y = y[::3]
-    pipe = Pipeline([("features", featurizer()), ("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))])
+    steps = [("features", featurizer()), ("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=500))]
+    pipe = Pipeline(steps)
     grid = {"clf__C": [0.1, 1.0]}
     local = GridSearchCV(pipe, grid, cv=3, n_jobs=1).fit(X, y)
     with joblib.parallel_backend("dask"):

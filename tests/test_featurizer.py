@@ -379,3 +379,46 @@ def test_pretrained_features_beat_raw_pixels_and_random_init(textures):
     assert scores[REAL_WEIGHTS] >= 0.9
     assert scores[REAL_WEIGHTS] > raw + 0.1
     assert scores[REAL_WEIGHTS] > scores[None] + 0.1
+
+
+class TestBatchNormFolding:
+    @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "efficientnet_b0", "inception_v3"])
+    def test_folded_backbone_computes_the_same_embedding(self, name):
+        from sklearn_tl._model import build_embedder
+
+        size = 80 if name == "inception_v3" else 48
+        X = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+        featurizer = PretrainedCNNFeaturizer(name, weights=None, image_size=size, random_state=0).fit(X)
+        n_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in featurizer.backbone_.modules())
+        unfolded = build_embedder(name, None, image_size=size, seed=featurizer._init_seed)
+        assert n_norms < sum(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.module.modules()) // 2
+        dataset = ImageDataset(as_image_source(X), ImageTransform(featurizer.data_config_))
+        expected = forward_batches(unfolded.module, dataset, device="cpu", precision="float32")
+        np.testing.assert_allclose(featurizer.transform(X), expected, rtol=1e-4, atol=1e-5)
+
+    def test_a_module_that_applies_them_otherwise_is_left_alone(self):
+        class NormFirst(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 3, 3)
+                self.norm = torch.nn.BatchNorm2d(3)
+                with torch.no_grad():
+                    self.norm.running_mean.fill_(0.3)
+                    self.norm.running_var.fill_(2.0)
+
+            def forward(self, x):  # registered conv → norm, applied norm → conv
+                return self.conv(self.norm(x))
+
+        featurizer = PretrainedCNNFeaturizer(NormFirst(), image_size=16).fit(np.zeros((1, 16, 16, 3), np.uint8))
+        assert isinstance(featurizer.backbone_.trunk.norm, torch.nn.BatchNorm2d)
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_embeddings(small_images_module):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+    eager = PretrainedCNNFeaturizer(module, image_size=16, batch_size=4).fit(small_images_module)
+    fast = clone(eager).set_params(compile=True).fit(small_images_module)
+    # 6 images in batches of 4: the last batch is padded, so one shape is compiled
+    np.testing.assert_allclose(fast.transform(small_images_module), eager.transform(small_images_module),
+                               rtol=1e-4, atol=1e-5)
+    pickle.loads(pickle.dumps(fast))  # the compiled copy is not part of the state
