@@ -12,6 +12,7 @@ from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
 from ._engine import ImageReadWarning
 from ._featurizer import PretrainedCNNFeaturizer
 from ._images import ImageReadError
+from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig
 from ._weights import WeightsNotFoundError, weights_search_dirs
 
@@ -25,6 +26,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "ImageReadWarning",
+    "ModelFileError",
+    "ModelVersionWarning",
     "PretrainedCNNFeaturizer",
     "WeightsNotFoundError",
     "__version__",
@@ -32,7 +35,9 @@ __all__ = [
     "get_backbone_spec",
     "list_backbones",
     "load_image_folder",
+    "load_model",
     "load_textures",
     "register_backbone",
+    "save_model",
     "weights_search_dirs",
 ]

@@ -7,9 +7,8 @@ rotations: a small material-recognition task on which raw pixels are weak.
 
 from __future__ import annotations
 
+import tempfile
 import time
-
-import numpy as np
 
 __all__ = ["run_demo"]
 
@@ -53,15 +52,17 @@ def run_demo(n_per_class: int = 80, image_size: int = 112, out=print) -> dict:
     grid = {"clf__C": [0.1, 1.0]}
     classifier = LogisticRegression(max_iter=3000)
 
-    def featurizer_pipeline(weights):
+    def featurizer_pipeline(weights, cache=None):
         featurizer = PretrainedCNNFeaturizer(
-            "mobilenet_v2", weights=weights, image_size=image_size, random_state=0
+            "mobilenet_v2", weights=weights, image_size=image_size, random_state=0, cache=cache
         )
         return Pipeline([("features", featurizer), ("scale", StandardScaler()), ("clf", classifier)])
 
     flatten = FunctionTransformer(flatten_pixels)
+    cache_dir = tempfile.TemporaryDirectory(prefix="sklearn_tl_demo_")
     rows = [
         ("MobileNetV2, pretrained (ImageNet V1)", featurizer_pipeline(DEMO_WEIGHTS)),
+        ("  the same, with the embedding cache", featurizer_pipeline(DEMO_WEIGHTS, cache=cache_dir.name)),
         ("MobileNetV2, random init", featurizer_pipeline(None)),
         ("raw pixels", Pipeline([("flatten", flatten), ("scale", StandardScaler()), ("clf", classifier)])),
     ]
@@ -75,4 +76,5 @@ def run_demo(n_per_class: int = 80, image_size: int = 112, out=print) -> dict:
         accuracy, seconds, search = _search(pipeline, grid, data, cv)
         results[name] = accuracy
         out(f"{name:<40}{accuracy:>14.3f}{seconds:>10.1f}")
+    cache_dir.cleanup()
     return results

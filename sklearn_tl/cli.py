@@ -1,15 +1,159 @@
-"""The ``sklearn-tl`` command (also ``python -m sklearn_tl``)."""
+"""The ``sklearn-tl`` command (also ``python -m sklearn_tl``).
+
+Subcommands: ``demo``, ``backbones``, ``featurize``, ``train``, ``predict`` and
+``weights``. A mistake in the command line or its inputs (a missing folder, an
+empty class, an unreadable model or weights file) prints one line,
+``sklearn-tl <command>: error: <message>``, and exits with status 2; the
+``--debug`` option shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
     """A mistake in the command line or its inputs: printed in one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command, with a pointer to --help."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(message) -> str:
+    """Join a multi-line message into one; ``- item`` lines become ``a; b; c.``."""
+    parts, items = [], []
+    for line in (part.strip() for part in str(message).splitlines()):
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        if items:
+            parts.append("; ".join(items) + ".")
+            items = []
+        if line:
+            parts.append(line)
+    if items:
+        parts.append("; ".join(items) + ".")
+    return " ".join(parts)
+
+
+def _weights_arg(value: str):
+    """``none`` (any case) means random initialisation."""
+    return None if value.lower() in {"none", "random"} else value
+
+
+def _batch_size_arg(value: str):
+    if value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, not {value!r}")
+    return size
+
+
+def _freeze_arg(value: str):
+    """``--freeze 3`` is three blocks, ``--freeze 0.5`` half the network, other values are names."""
+    for convert in (int, float):
+        try:
+            return convert(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _progress(args) -> bool:
+    return not args.quiet
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _is_image(path: Path) -> bool:
+    from ._datasets import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _has_class_folders(directory: Path) -> bool:
+    return any(p.is_dir() and not p.name.startswith(".") for p in directory.iterdir())
+
+
+def collect_images(inputs) -> tuple[list[str], list[str] | None]:
+    """Image paths (and class names, for one ``root/<class>/<image>`` folder) from the command line.
+
+    Each input is a folder (with class sub-folders: :func:`load_image_folder`;
+    without: its image files), an image file, or a text file listing one path a
+    line (relative paths are relative to the list's folder; blank lines and
+    ``#`` comments are skipped).
+    """
+    from ._datasets import load_image_folder
+
+    paths, labels = [], []
+    for raw in inputs:
+        item = Path(raw).expanduser()
+        if item.is_dir():
+            if _has_class_folders(item):
+                data = load_image_folder(item)
+                paths.extend(str(p) for p in data.filenames)
+                labels.extend(data.target_names[t] for t in data.target)
+                continue
+            found = sorted(str(p) for p in item.iterdir() if p.is_file() and _is_image(p) and p.name[0] != ".")
+            if not found:
+                raise UserError(f"Folder {str(item)!r} holds no image files.")
+            paths.extend(found)
+            labels.extend([None] * len(found))
+        elif item.is_file() and _is_image(item):
+            paths.append(str(item))
+            labels.append(None)
+        elif item.is_file():
+            listed = _read_list(item)
+            paths.extend(listed)
+            labels.extend([None] * len(listed))
+        else:
+            raise UserError(f"{str(item)!r} does not exist.")
+    if not paths:
+        raise UserError("No images given.")
+    return paths, (labels if any(label is not None for label in labels) else None)
+
+
+def _read_list(list_file: Path) -> list[str]:
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{str(list_file)!r} is neither an image nor a list of image paths ({exc}).") from None
+    paths = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line).expanduser()
+        if not path.is_absolute():
+            path = list_file.parent / path
+        if not path.is_file():
+            raise UserError(f"{str(list_file)!r} line {number}: image {line!r} does not exist.")
+        paths.append(str(path))
+    if not paths:
+        raise UserError(f"List file {str(list_file)!r} names no images.")
+    return paths
+
+
+# ---------------------------------------------------------------- demo, backbones
 
 
 def _cmd_demo(args) -> int:
@@ -25,8 +169,11 @@ def _cmd_backbones(args) -> int:
     from ._weights import ResolvedWeights, weights_enum_for, weights_search_dirs
 
     dirs = weights_search_dirs()
+    names = list_backbones(args.include)
+    if not names:
+        raise UserError(f"No registered backbone matches {args.include!r}.")
     print(f"{'backbone':<22}{'family':<14}{'width':>6}{'input':>7}  weights on this machine")
-    for name in list_backbones(args.include):
+    for name in names:
         spec = get_backbone_spec(name)
         if spec.source == "timm":
             print(f"{name:<22}{spec.family:<14}{spec.n_features:>6}{'':>7}  (timm)")
@@ -38,20 +185,424 @@ def _cmd_backbones(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- featurize
+
+
+def _check_output(path: Path, allowed: tuple[str, ...]) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise UserError(f"Output {str(path)!r} must end in {' or '.join(allowed)}.")
+    if not path.parent.is_dir():
+        raise UserError(f"Output folder {str(path.parent)!r} does not exist.")
+    return suffix
+
+
+def _require_pyarrow():
+    try:
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise UserError("Writing .parquet needs pandas and pyarrow: pip install pyarrow pandas") from None
+
+
+def _cmd_featurize(args) -> int:
+    output = Path(args.output)
+    suffix = _check_output(output, (".npy", ".parquet"))
+    if suffix == ".parquet":
+        _require_pyarrow()  # before the slow part
+    paths, labels = collect_images(args.inputs)
+
+    import numpy as np
+
+    from ._featurizer import PretrainedCNNFeaturizer
+
+    featurizer = PretrainedCNNFeaturizer(
+        args.backbone,
+        weights=args.weights,
+        layer=args.layer,
+        pooling=args.pooling,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        on_error="warn" if args.skip_unreadable else "raise",
+        progress=_progress(args),
+        random_state=0,
+    )
+    embeddings = featurizer.fit_transform(paths)
+    if suffix == ".npy":
+        np.save(output, embeddings.astype(np.float32, copy=False))
+        listing = output.with_suffix(".paths.txt")
+        listing.write_text("".join(f"{p}\n" for p in paths), encoding="utf-8")
+        where = f"{output} and the image list {listing}"
+    else:
+        import pandas as pd
+
+        columns = {"path": paths}
+        if labels is not None:
+            columns["label"] = labels
+        frame = pd.DataFrame(columns)
+        features = pd.DataFrame(embeddings, columns=[f"f{i}" for i in range(embeddings.shape[1])])
+        pd.concat([frame, features], axis=1).to_parquet(output, index=False)
+        where = str(output)
+    print(
+        f"{embeddings.shape[0]} images -> {embeddings.shape[1]} features "
+        f"({args.backbone}, weights {featurizer.weights_ or 'random init'}, "
+        f"{featurizer.data_config_.crop_size} px): {where}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- train
+
+
+def _head(args):
+    """The classifier on embeddings: StandardScaler → LogisticRegression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=args.C, max_iter=2000))])
+
+
+def _featurizer(args):
+    from ._featurizer import PretrainedCNNFeaturizer
+
+    return PretrainedCNNFeaturizer(
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=_progress(args),
+        cache=args.cache,
+        random_state=args.random_state,
+    )
+
+
+def _finetuner(args):
+    try:
+        from ._finetune import FineTuneClassifier
+    except ImportError as exc:
+        raise UserError(f"--mode {args.mode} needs FineTuneClassifier, which cannot be imported: {exc}") from None
+    return FineTuneClassifier(
+        args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_epochs=args.max_epochs,
+        lr=args.lr,
+        freeze=args.freeze,
+        final_estimator=_head(args) if args.mode == "hybrid" else None,
+        random_state=args.random_state,
+    )
+
+
+def _format_confusion(matrix, names) -> str:
+    width = max(6, *(len(n) for n in names)) + 2
+    lines = [" " * width + "".join(f"{n:>{width}}" for n in names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"{name:<{width}}" + "".join(f"{int(c):>{width}}" for c in row))
+    return "\n".join(lines)
+
+
+def _cross_validate(model, X, y, n_splits, random_state):
+    """Out-of-fold predictions and confidences, and the accuracy of each fold."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    splits = list(StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(X, y))
+    try:
+        proba = cross_val_predict(model, X, y, cv=splits, method="predict_proba")
+        classes = np.unique(y)
+        predicted, confidence = classes[proba.argmax(axis=1)], proba.max(axis=1)
+    except AttributeError:  # e.g. a final estimator without predict_proba
+        predicted, confidence = cross_val_predict(model, X, y, cv=splits), None
+    scores = np.array([np.mean(predicted[test] == y[test]) for _, test in splits])
+    return predicted, confidence, scores
+
+
+def _cmd_train(args) -> int:
+    output = Path(args.output)
+    _check_output(output, (".joblib", ".pkl"))
+    if args.report is not None:
+        _check_output(Path(args.report), (".html", ".htm", ".png"))
+        if args.cv == 0:
+            raise UserError("--report shows cross-validated predictions: use --cv 2 or more, not 0.")
+        from ._report import _import_pyplot
+
+        try:
+            _import_pyplot()
+        except ImportError as exc:
+            raise UserError(str(exc)) from None
+    from ._datasets import load_image_folder
+
+    data = load_image_folder(args.folder)
+
+    import numpy as np
+
+    names = list(data.target_names)
+    if len(names) < 2:
+        raise UserError(f"{args.folder!r} has one class folder ({names[0]!r}); training needs at least two.")
+    paths = [str(p) for p in data.filenames]
+    y = np.asarray(names, dtype=object)[data.target]
+    counts = np.bincount(data.target, minlength=len(names))
+    smallest = int(counts.min())
+    n_splits = min(args.cv, smallest)
+    if args.cv and n_splits < 2:
+        raise UserError(
+            f"Class {names[int(counts.argmin())]!r} has {smallest} image; cross-validation needs at least 2 "
+            "per class (add images, or pass --cv 0 to skip it)."
+        )
+    print(f"{len(paths)} images in {len(names)} classes: " + ", ".join(f"{n} ({c})" for n, c in zip(names, counts)))
+
+    if args.mode == "features":
+        # The frozen featurizer learns nothing from the images: embed each image once, then
+        # cross-validate and fit only the classifier on the embeddings. Same result as
+        # cross-validating the whole Pipeline, one forward pass per image.
+        featurizer = _featurizer(args).fit(paths)
+        X = featurizer.transform(paths)
+        featurizer.set_params(progress="auto")
+        model, data = _head(args), X
+    else:
+        model, data = _finetuner(args), paths
+    predicted = confidence = None
+    if n_splits >= 2:
+        predicted, confidence, scores = _cross_validate(model, data, y, n_splits, args.random_state)
+        from sklearn.metrics import confusion_matrix
+
+        print(
+            f"cross-validated accuracy: {scores.mean():.3f} ± {scores.std():.3f} "
+            f"({n_splits}-fold stratified; folds: {' '.join(f'{s:.3f}' for s in scores)})"
+        )
+        print("confusion matrix (rows: true class, columns: predicted class):")
+        print(_format_confusion(confusion_matrix(y, predicted, labels=names), names))
+    model.fit(data, y)
+    if args.mode == "features":
+        from sklearn.pipeline import Pipeline
+
+        model = Pipeline([("features", featurizer), *model.steps])
+    from ._persistence import save_model
+
+    header = save_model(model, output)
+    steps = header["preprocessing"]
+    weights = next(iter(steps.values()))["weights"] if steps else None
+    print(f"saved {output} ({args.mode}: {args.backbone}, weights {weights or 'random init'}, {len(names)} classes)")
+    if args.report is not None:
+        from ._report import write_report
+
+        title = f"{Path(args.folder).name}: {args.mode}, {args.backbone}"
+        summary = [f"{len(paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
+                   f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"]
+        write_report(args.report, y, predicted, names, paths=paths, confidence=confidence, title=title,
+                     summary=summary)
+        print(f"report: {args.report}")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _sklearn_tl_estimators(model):
+    from ._persistence import _sklearn_tl_steps
+
+    return [step for _, step in _sklearn_tl_steps(model)]
+
+
+def _cmd_predict(args) -> int:
+    if args.csv is not None:
+        _check_output(Path(args.csv), (".csv",))
+    from ._persistence import ModelFileError, load_model
+
+    try:
+        model = load_model(args.model)
+    except ModelFileError as exc:
+        raise UserError(str(exc)) from None
+    paths, _ = collect_images(args.images)
+    for step in _sklearn_tl_estimators(model):
+        overrides = {"device": args.device} if args.device else {}
+        if args.batch_size is not None:
+            overrides["batch_size"] = args.batch_size
+        if "progress" in step.get_params():
+            overrides["progress"] = False if args.quiet else "auto"
+        step.set_params(**{k: v for k, v in overrides.items() if k in step.get_params()})
+
+    import numpy as np
+
+    classes = np.asarray(getattr(model, "classes_", []), dtype=object)
+    proba = None
+    if hasattr(model, "predict_proba"):
+        try:
+            proba = model.predict_proba(paths)
+        except AttributeError:
+            proba = None
+    if proba is not None and len(classes) == proba.shape[1]:
+        labels, confidence = classes[proba.argmax(axis=1)], proba.max(axis=1)
+    else:
+        labels, confidence = np.asarray(model.predict(paths), dtype=object), None
+    if args.csv is not None:
+        import csv
+
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            extra = [f"p_{c}" for c in classes] if proba is not None else []
+            writer.writerow(["path", "label", "probability", *extra])
+            for i, path in enumerate(paths):
+                row = [path, labels[i], "" if confidence is None else f"{confidence[i]:.4f}"]
+                writer.writerow(row + ([f"{p:.4f}" for p in proba[i]] if proba is not None else []))
+        print(f"{len(paths)} predictions: {args.csv}")
+    else:
+        for i, path in enumerate(paths):
+            print(f"{path}\t{labels[i]}\t{'' if confidence is None else f'{confidence[i]:.4f}'}")
+    return 0
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _known_weight_files() -> dict[str, str]:
+    """torchvision weight file name → ``"Model_Weights.MEMBER"``, for every classification model."""
+    from torchvision.models import get_model_weights, list_models
+
+    known = {}
+    for name in list_models():
+        try:
+            enum_cls = get_model_weights(name)
+        except (ValueError, KeyError):
+            continue
+        for member in enum_cls:
+            known.setdefault(member.url.rsplit("/", 1)[-1], f"{enum_cls.__name__}.{member.name}")
+    return known
+
+
+def _hash_status(path: Path, check: bool) -> str:
+    from ._weights import _HASH_IN_NAME, check_hash
+
+    if not _HASH_IN_NAME.search(path.name):
+        return "no hash in name"
+    if not check:
+        return "not checked"
+    try:
+        check_hash(path)
+    except ValueError:
+        return "CORRUPT (sha256 does not match name)"
+    return "sha256 ok"
+
+
+def _cmd_weights_list(args) -> int:
+    import torch
+
+    from ._weights import OFFLINE_ENV, SEARCH_PATH_ENV, weights_search_dirs
+
+    known = _known_weight_files()
+    offline = os.environ.get(OFFLINE_ENV, "")
+    print(f"{OFFLINE_ENV}={offline or '(unset)'}: " + (
+        "downloads are off" if offline.lower() not in {"", "0", "false", "no"} else
+        "missing weights are downloaded into the first folder"))
+    print(f"{SEARCH_PATH_ENV}={os.environ.get(SEARCH_PATH_ENV) or '(unset)'}")
+    print(f"torch hub folder: {torch.hub.get_dir()}")
+    print("weights are looked up in, in order:")
+    seen = set()
+    for directory in weights_search_dirs():
+        state = "" if directory.is_dir() else "  (does not exist)"
+        print(f"  {directory}{state}")
+        if not directory.is_dir() or directory in seen:
+            continue
+        seen.add(directory)
+        for path in sorted(directory.iterdir()):
+            if not path.is_file() or path.suffix not in {".pth", ".pt", ".bin", ".safetensors"}:
+                continue
+            what = known.get(path.name, "not a torchvision weights file")
+            size = path.stat().st_size / 2**20
+            print(f"    {path.name:<40} {size:8.1f} MiB  {what}  [{_hash_status(path, not args.no_check)}]")
+    return 0
+
+
+def _cmd_weights_import(args) -> int:
+    import torch
+
+    from ._weights import check_hash, load_state_dict_file
+
+    source = Path(args.file).expanduser()
+    if not source.is_file():
+        raise UserError(f"Weights file {str(source)!r} does not exist.")
+    known = _known_weight_files().get(source.name)
+    if known is None and not args.force:
+        raise UserError(
+            f"{source.name!r} is not the name of a torchvision weights file (e.g. mobilenet_v2-b0353104.pth); "
+            "keep the original file name, or pass --force to import it anyway."
+        )
+    try:
+        sha256 = check_hash(source)
+        load_state_dict_file(source)  # refuses anything but a plain state dict of tensors
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    destination_dir = Path(args.dest).expanduser() if args.dest else Path(torch.hub.get_dir()) / "checkpoints"
+    destination_dir.mkdir(parents=True, exist_ok=True)
+    target = destination_dir / source.name
+    if target.is_file() and target.samefile(source):
+        print(f"{target} is already in place (sha256 {sha256[:12]}…)")
+        return 0
+    with tempfile.NamedTemporaryFile(dir=destination_dir, delete=False, suffix=".partial") as tmp:
+        with open(source, "rb") as f:
+            shutil.copyfileobj(f, tmp, 1 << 22)
+    os.replace(tmp.name, target)  # atomic: a reader never sees half a file
+    print(f"imported {source.name} -> {target} (sha256 {sha256[:12]}…, {known or 'unknown file, --force'})")
+    return 0
+
+
+def _cmd_weights(args) -> int:
+    return _cmd_weights_import(args) if args.weights_command == "import" else _cmd_weights_list(args)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_backbone_args(parser, default_weights="DEFAULT"):
+    parser.add_argument("--backbone", default="mobilenet_v2", help="backbone name (see `sklearn-tl backbones`)")
+    parser.add_argument(
+        "--weights",
+        type=_weights_arg,
+        default=default_weights,
+        help="DEFAULT, a torchvision weights name (IMAGENET1K_V1), a file or folder path, "
+        "or 'none' for random initialisation (default: %(default)s)",
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="network input side in px (default: native)")
+    parser.add_argument(
+        "--batch-size", type=_batch_size_arg, default="auto", help="images per forward pass (default: auto)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _examples(*lines) -> str:
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
         prog="sklearn-tl",
         description="Transfer learning for images with scikit-learn estimators.",
-        epilog="Examples:\n  sklearn-tl demo\n  sklearn-tl backbones --include 'resnet*'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples(
+            "sklearn-tl demo",
+            "sklearn-tl backbones --include 'resnet*'",
+            "sklearn-tl train photos/ -o model.joblib --report report.html",
+            "sklearn-tl predict model.joblib new/*.jpg",
+            "sklearn-tl <command> --help",
+        ),
+        formatter_class=raw,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     demo = commands.add_parser(
         "demo",
         help="pretrained MobileNetV2 features vs raw pixels vs random init on real photos",
         description="Fit featurizer → logistic regression Pipelines through GridSearchCV on "
         "patches of real texture photos and print a table of test accuracy and time.",
+        epilog=_examples("sklearn-tl demo", "sklearn-tl demo --per-class 20 --image-size 64"),
+        formatter_class=raw,
     )
     demo.add_argument("--per-class", type=int, default=80, help="patches per class (default: 80)")
     demo.add_argument("--image-size", type=int, default=112, help="network input size (default: 112)")
@@ -62,19 +613,153 @@ def build_parser() -> argparse.ArgumentParser:
         help="list registered backbones, their width, input size and offline weights",
         description="List registered backbones with embedding width, native input size and "
         "which named weights are on this machine.",
+        epilog=_examples("sklearn-tl backbones", "sklearn-tl backbones --include 'efficientnet*'"),
+        formatter_class=raw,
     )
     backbones.add_argument("--include", default=None, help="fnmatch pattern, e.g. 'resnet*'")
     backbones.set_defaults(run=_cmd_backbones)
+
+    featurize = commands.add_parser(
+        "featurize",
+        help="images -> embeddings (.npy or .parquet)",
+        description="Embed images with a pretrained CNN. Inputs are folders (with class sub-folders, "
+        "searched recursively, or a flat folder of images), image files, or text files listing one "
+        "image path a line. A .npy output is float32 (n_images, width) with the image list in "
+        "<name>.paths.txt beside it; a .parquet output has columns path, label (for class folders) "
+        "and f0..f<width-1>.",
+        epilog=_examples(
+            "sklearn-tl featurize photos/ -o embeddings.npy",
+            "sklearn-tl featurize list.txt --backbone resnet50 --image-size 160 -o embeddings.parquet",
+            "sklearn-tl featurize a.jpg b.jpg --weights none -o random.npy",
+        ),
+        formatter_class=raw,
+    )
+    featurize.add_argument("inputs", nargs="+", metavar="DIR_OR_LIST", help="folders, image files or list files")
+    featurize.add_argument("-o", "--output", required=True, help="embeddings.npy or embeddings.parquet")
+    _add_backbone_args(featurize)
+    featurize.add_argument("--layer", default=None, help="pool this inner layer instead, e.g. features.13")
+    featurize.add_argument("--pooling", default="avg", choices=["avg", "max", "gem"], help="(default: avg)")
+    featurize.add_argument(
+        "--skip-unreadable", action="store_true", help="give unreadable images a row of NaN instead of failing"
+    )
+    featurize.set_defaults(run=_cmd_featurize)
+
+    train = commands.add_parser(
+        "train",
+        help="train a classifier on a folder of class sub-folders",
+        description="Train on DIR/<class>/<image>: print the stratified k-fold cross-validated accuracy "
+        "and confusion matrix, then fit on all images and save the model. Modes: 'features' "
+        "(frozen CNN embeddings -> StandardScaler -> LogisticRegression, each image embedded once), "
+        "'finetune' (tune the network, FineTuneClassifier) and 'hybrid' (tune, then fit the "
+        "logistic regression on the tuned embeddings). The model file is a joblib pickle: load "
+        "only files you trust.",
+        epilog=_examples(
+            "sklearn-tl train photos/ -o model.joblib",
+            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.joblib",
+            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.joblib --report report.png",
+        ),
+        formatter_class=raw,
+    )
+    train.add_argument("folder", metavar="DIR", help="folder with one sub-folder of images per class")
+    train.add_argument("-o", "--output", default="model.joblib", help="model file (default: model.joblib)")
+    train.add_argument("--mode", choices=["features", "finetune", "hybrid"], default="features",
+                       help="(default: features)")
+    _add_backbone_args(train)
+    train.add_argument("--cv", type=int, default=5,
+                       help="folds, capped by the smallest class; 0 skips cross-validation (default: 5)")
+    train.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
+    train.add_argument("--max-epochs", type=int, default=5, help="finetune/hybrid: epochs (default: 5)")
+    train.add_argument("--lr", type=float, default=1e-3, help="finetune/hybrid: learning rate (default: 1e-3)")
+    train.add_argument("--freeze", type=_freeze_arg, default=None,
+                       help="finetune/hybrid: 'backbone', 'none', or a number of blocks to freeze")
+    train.add_argument(
+        "--cache", default=None, help="features mode: embedding cache folder; a rerun (another --C) embeds nothing"
+    )
+    train.add_argument("--report", default=None, metavar="FILE", help="write report.html or report.png")
+    train.add_argument("--random-state", type=int, default=0, help="seed for folds and initialisation")
+    train.set_defaults(run=_cmd_train)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict labels of images with a saved model",
+        description="Print path, label and probability (tab-separated) for each image, or write a CSV "
+        "with one probability column per class. Inputs as for featurize. The model file is a "
+        "joblib pickle, which can run code when loaded: load only files you trust.",
+        epilog=_examples(
+            "sklearn-tl predict model.joblib new/*.jpg",
+            "sklearn-tl predict model.joblib new/ --csv predictions.csv",
+        ),
+        formatter_class=raw,
+    )
+    predict.add_argument("model", help="a model file written by `sklearn-tl train` or save_model")
+    predict.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or list files")
+    predict.add_argument("--csv", default=None, help="write predictions to this CSV file")
+    predict.add_argument("--device", default=None, help="override the model's device (auto, cpu, cuda...)")
+    predict.add_argument("--batch-size", type=_batch_size_arg, default=None, help="override the model's batch size")
+    predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(run=_cmd_predict)
+
+    weights = commands.add_parser(
+        "weights",
+        help="show where weights are looked up; import a weights file for offline use",
+        description="Without a sub-command: list the folders searched for weights, in order, with the "
+        "weight files in each and whether their sha256 matches the hash prefix in their name. "
+        "`weights import FILE` copies a torchvision weights file (keep its original name, e.g. "
+        "mobilenet_v2-b0353104.pth) into torch's hub cache after checking its hash, so an "
+        "air-gapped machine can be prepared from a file downloaded elsewhere.",
+        epilog=_examples(
+            "sklearn-tl weights",
+            "sklearn-tl weights import ~/Downloads/resnet50-11ad3fa6.pth",
+            "sklearn-tl weights import my_finetuned.pth --force --dest /opt/weights",
+        ),
+        formatter_class=raw,
+    )
+    weights.add_argument("--no-check", action="store_true", help="list without hashing the files")
+    weights.set_defaults(run=_cmd_weights, weights_command=None)
+    weights_commands = weights.add_subparsers(dest="weights_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    weights_commands.add_parser("list", help="the default: list search folders and weight files").add_argument(
+        "--no-check", action="store_true", help="list without hashing the files"
+    )
+    weights_import = weights_commands.add_parser(
+        "import",
+        help="copy a weights file into the offline cache, checking its hash",
+        description="Copy FILE into torch's hub cache (or --dest) after checking that its sha256 starts "
+        "with the hash in its name and that it holds a plain state dict of tensors.",
+        epilog=_examples("sklearn-tl weights import mobilenet_v2-b0353104.pth"),
+        formatter_class=raw,
+    )
+    weights_import.add_argument("file", metavar="FILE", help="the weights file")
+    weights_import.add_argument("--dest", default=None, help="folder to copy into (default: torch hub checkpoints)")
+    weights_import.add_argument("--force", action="store_true", help="import a file whose name torchvision lacks")
     return parser
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    return f"sklearn-tl: warning: {_one_line(message)}\n"
+
+
 def main(argv=None) -> int:
+    """Run the ``sklearn-tl`` command; return its exit status."""
     args = build_parser().parse_args(argv)
+    from ._images import ImageReadError
+
+    command = " ".join(filter(None, [args.command, getattr(args, "weights_command", None)]))
+    format_warning = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = _one_line_warnings
     try:
         return args.run(args)
-    except (UserError, FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"sklearn-tl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"sklearn-tl {command}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, OSError, ValueError, ImportError, ImageReadError) as exc:
+        # OSError covers FileNotFoundError, WeightsNotFoundError and unwritable outputs.
+        if args.debug:
+            raise
+        print(f"sklearn-tl {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,188 @@
+"""Saving and loading fitted models: joblib files with a version header.
+
+:func:`save_model` writes ``{"format", "header", "model"}`` with joblib. The
+header records the versions of sklearn_tl, torch, torchvision and
+scikit-learn, and the preprocessing fingerprint (backbone, weights, sha256,
+``data_config_``) of every sklearn_tl step, so that :func:`load_model` can say
+clearly when a file comes from an incompatible version or is no sklearn_tl
+file at all. Models are stored device-independent: the estimators move their
+torch modules to the CPU when pickled, and a model fitted on a GPU loads on a
+CPU-only machine.
+
+Security: a joblib file is a pickle, and unpickling runs code chosen by whoever
+wrote the file. Load only files you made or trust.
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from pathlib import Path
+
+import joblib
+
+__all__ = ["ModelFileError", "ModelVersionWarning", "load_model", "model_header", "save_model"]
+
+FORMAT = "sklearn_tl.model/1"
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be read, is no sklearn_tl file, or is from an incompatible version."""
+
+
+class ModelVersionWarning(UserWarning):
+    """A model file was written by another (minor) version of sklearn_tl or its dependencies."""
+
+
+def _versions() -> dict:
+    import sklearn
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "sklearn_tl": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _sklearn_tl_steps(model, prefix=""):
+    """(name, estimator) of every fitted estimator in ``model`` that holds a ``data_config_``."""
+    steps = getattr(model, "steps", None)
+    if steps is not None:  # a Pipeline, possibly nested
+        for name, step in steps:
+            yield from _sklearn_tl_steps(step, f"{prefix}{name}__")
+        return
+    if hasattr(model, "data_config_"):
+        yield prefix.rstrip("_") or type(model).__name__, model
+
+
+def preprocessing_fingerprint(model) -> dict:
+    """What each sklearn_tl step feeds its network: backbone, weights and ``data_config_``."""
+    fingerprint = {}
+    for name, step in _sklearn_tl_steps(model):
+        backbone = step.backbone if isinstance(step.backbone, str) else type(step.backbone).__name__
+        fingerprint[name] = {
+            "estimator": type(step).__name__,
+            "backbone": backbone,
+            "weights": getattr(step, "weights_", None),
+            "weights_sha256": getattr(step, "weights_sha256_", None),
+            "data_config": step.data_config_.as_dict(),
+        }
+    return fingerprint
+
+
+def model_header(model) -> dict:
+    """The header :func:`save_model` stores next to ``model``."""
+    classes = getattr(model, "classes_", None)
+    return {
+        "versions": _versions(),
+        "estimator": type(model).__name__,
+        "classes": None if classes is None else [str(c) for c in classes],
+        "preprocessing": preprocessing_fingerprint(model),
+    }
+
+
+def save_model(model, path, *, compress: int = 3) -> dict:
+    """Write a fitted model and its header to ``path`` with joblib; return the header.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn_tl import PretrainedCNNFeaturizer, load_model, save_model
+    >>> X = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    >>> model = make_pipeline(PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32),
+    ...                       LogisticRegression()).fit(X, [0, 1, 0, 1])
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.joblib")
+    >>> header = save_model(model, path)
+    >>> header["preprocessing"]["pretrainedcnnfeaturizer"]["data_config"]["crop_size"]
+    32
+    >>> bool((load_model(path).predict(X) == model.predict(X)).all())
+    True
+    """
+    header = model_header(model)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    joblib.dump({"format": FORMAT, "header": header, "model": model}, tmp, compress=compress)
+    tmp.replace(path)  # atomic: an interrupted save never leaves half a model
+    return header
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = (version.split("+", 1)[0].split(".") + ["0", "0"])[:2]
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def check_header(header: dict, path="model") -> None:
+    """Raise :class:`ModelFileError` or warn :class:`ModelVersionWarning` for an incompatible header."""
+    saved = header.get("versions", {})
+    here = _versions()
+    saved_tl, here_tl = saved.get("sklearn_tl", "0"), here["sklearn_tl"]
+    if _major_minor(saved_tl)[0] != _major_minor(here_tl)[0]:
+        raise ModelFileError(
+            f"{path} was saved by sklearn_tl {saved_tl}, which is incompatible with the installed "
+            f"{here_tl}; install sklearn_tl=={saved_tl} to load it, or retrain."
+        )
+    if _major_minor(saved_tl) > _major_minor(here_tl):
+        warnings.warn(
+            f"{path} was saved by sklearn_tl {saved_tl}, newer than the installed {here_tl}; "
+            "it may not load or predict correctly: upgrade sklearn_tl.",
+            ModelVersionWarning,
+            stacklevel=3,
+        )
+    for package in ("torch", "torchvision", "scikit-learn"):
+        if package in saved and _major_minor(saved[package]) != _major_minor(here[package]):
+            warnings.warn(
+                f"{path} was saved with {package} {saved[package]}; this machine has {here[package]}.",
+                ModelVersionWarning,
+                stacklevel=3,
+            )
+
+
+def load_model(path, *, return_header: bool = False):
+    """Load a model written by :func:`save_model`, checking its header.
+
+    Only load files you trust: a joblib file is a pickle and can run code.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, unreadable, not an sklearn_tl model file, saved by
+        an sklearn_tl of another major version, or its preprocessing does not
+        match its header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {str(path)!r} does not exist.")
+    try:
+        with warnings.catch_warnings():
+            # scikit-learn's InconsistentVersionWarning repeats what check_header says once.
+            warnings.filterwarnings("ignore", message="Trying to unpickle estimator")
+            content = joblib.load(path)
+    except Exception as exc:  # unpickling raises anything: EOFError, UnpicklingError, KeyError...
+        raise ModelFileError(
+            f"Cannot read model file {str(path)!r} ({type(exc).__name__}: {exc}); "
+            "it is corrupt, truncated or not a joblib file."
+        ) from exc
+    if not (isinstance(content, dict) and content.get("format") == FORMAT and "model" in content):
+        raise ModelFileError(
+            f"{str(path)!r} is not an sklearn_tl model file (write one with `sklearn-tl train` or "
+            "sklearn_tl.save_model)."
+        )
+    header, model = content["header"], content["model"]
+    check_header(header, repr(str(path)))
+    if preprocessing_fingerprint(model) != header.get("preprocessing"):
+        raise ModelFileError(
+            f"{str(path)!r}: the model's preprocessing does not match the one recorded in its header; "
+            "the file was altered or written by an incompatible version."
+        )
+    return (model, header) if return_header else model

@@ -1,0 +1,159 @@
+"""A training report to look at: confusion matrix, per-class accuracy, misclassified images.
+
+:func:`write_report` draws one matplotlib figure (the ``report`` extra) and
+writes it as a PNG, or as a self-contained HTML page that embeds the figure and
+lists the numbers and the misclassified files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_report"]
+
+MAX_THUMBNAILS = 8
+
+
+def _import_pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the report needs matplotlib: pip install 'sklearn_tl[report]'") from None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _thumbnail(path, size=128):
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            image.thumbnail((size, size))
+            return np.asarray(image)
+    except OSError:
+        return None
+
+
+def _figure(y_true, y_pred, class_names, paths, confidence, title):
+    from sklearn.metrics import confusion_matrix
+
+    plt = _import_pyplot()
+    labels = list(class_names)
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))
+    if confidence is not None:  # the most confident mistakes first: the most instructive
+        wrong = wrong[np.argsort(-np.asarray(confidence)[wrong], kind="stable")]
+    wrong = wrong[:MAX_THUMBNAILS]
+
+    n_thumb_rows = int(np.ceil(len(wrong) / 4)) if len(wrong) else 0
+    side = max(4.0, 0.55 * len(labels) + 2.5)
+    fig = plt.figure(figsize=(2 * side + 1, side + 2.6 * n_thumb_rows + 0.8), layout="constrained")
+    grid = fig.add_gridspec(1 + n_thumb_rows, 8, height_ratios=[side] + [2.4] * n_thumb_rows)
+    fig.suptitle(title, fontsize=13)
+
+    ax = fig.add_subplot(grid[0, :4])
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (cross-validated)")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+
+    ax = fig.add_subplot(grid[0, 4:])
+    bars = ax.barh(range(len(labels)), per_class, color="tab:blue")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.3)  # room for the labels
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_xlabel("accuracy")
+    ax.set_title("per-class accuracy")
+    for bar, value, total in zip(bars, per_class, matrix.sum(axis=1)):
+        ax.text(value + 0.01, bar.get_y() + bar.get_height() / 2, f"{value:.2f} (n={total})", va="center")
+
+    for k, index in enumerate(wrong):
+        ax = fig.add_subplot(grid[1 + k // 4, 2 * (k % 4) : 2 * (k % 4) + 2])
+        thumb = _thumbnail(paths[index]) if paths is not None else None
+        if thumb is not None:
+            ax.imshow(thumb)
+        ax.set_axis_off()
+        extra = f" ({confidence[index]:.2f})" if confidence is not None else ""
+        name = Path(str(paths[index])).name if paths is not None else f"#{index}"
+        ax.set_title(f"{name}\ntrue {y_true[index]} → {y_pred[index]}{extra}", fontsize=8)
+    if not len(wrong):
+        fig.text(0.5, 0.01, "no misclassified images", ha="center")
+    return fig, matrix, per_class, wrong
+
+
+def write_report(path, y_true, y_pred, class_names, *, paths=None, confidence=None, title="", summary=()):
+    """Write a PNG (``.png``) or HTML (``.html``/``.htm``) report of cross-validated predictions.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Output file; its ending picks the format.
+    y_true, y_pred : array-like of str
+        True and predicted class names.
+    class_names : list of str
+    paths : array-like of str, optional
+        Image files, for thumbnails of misclassified images.
+    confidence : array-like of float, optional
+        Probability of each predicted class.
+    title : str
+    summary : iterable of str
+        Lines shown at the top of the HTML page.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in {".png", ".html", ".htm"}:
+        raise ValueError(f"Report {str(path)!r} must end in .png or .html.")
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    fig, matrix, per_class, wrong = _figure(y_true, y_pred, class_names, paths, confidence, title)
+    plt = _import_pyplot()
+    try:
+        if suffix == ".png":
+            fig.savefig(path, dpi=110)
+            return path
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(str(name))}</td><td>{acc:.3f}</td><td>{int(n)}</td></tr>"
+        for name, acc, n in zip(class_names, per_class, matrix.sum(axis=1))
+    )
+    mistakes = "".join(
+        f"<li><code>{esc(str(paths[i]) if paths is not None else f'#{i}')}</code>: true "
+        f"<b>{esc(str(y_true[i]))}</b>, predicted <b>{esc(str(y_pred[i]))}</b>"
+        + (f" ({confidence[i]:.2f})" if confidence is not None else "")
+        + "</li>"
+        for i in np.flatnonzero(y_true != y_pred)
+    ) or "<li>none</li>"
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 12px}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f2f2f2}}</style></head>
+<body><h1>{esc(title)}</h1>
+{"".join(f"<p>{esc(line)}</p>" for line in summary)}
+<img alt="confusion matrix, per-class accuracy and misclassified images" style="max-width:100%"
+ src="data:image/png;base64,{image}">
+<h2>Per-class accuracy</h2>
+<table><tr><th>class</th><th>accuracy</th><th>images</th></tr>{rows}</table>
+<h2>Misclassified images</h2><ul>{mistakes}</ul>
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
