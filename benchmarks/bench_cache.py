@@ -27,9 +27,8 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from sklearn_tl import PretrainedCNNFeaturizer
+from sklearn_tl import PretrainedCNNFeaturizer, load_textures
 from sklearn_tl._cache import EmbeddingCache
-from sklearn_tl import load_textures
 
 
 def _timed(function):

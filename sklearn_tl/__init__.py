@@ -11,6 +11,7 @@ from ._dask import featurize_dask
 from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
 from ._engine import ImageReadWarning
 from ._featurizer import PretrainedCNNFeaturizer
+from ._finetune import FineTuneClassifier, FreezeSchedule, PhaseCosineLR
 from ._images import ImageReadError
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig
@@ -23,11 +24,14 @@ __all__ = [
     "DataConfig",
     "EmbeddingCache",
     "EmbeddingCacheWarning",
+    "FineTuneClassifier",
+    "FreezeSchedule",
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "ImageReadWarning",
     "ModelFileError",
     "ModelVersionWarning",
+    "PhaseCosineLR",
     "PretrainedCNNFeaturizer",
     "WeightsNotFoundError",
     "__version__",

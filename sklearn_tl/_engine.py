@@ -109,6 +109,9 @@ def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: boo
 
 
 def make_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0, shuffle=False, **kwargs):
+    if not shuffle:
+        # A private generator: inference must not consume the caller's global torch random state.
+        kwargs.setdefault("generator", torch.Generator())
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
