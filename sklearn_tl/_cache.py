@@ -152,8 +152,10 @@ def model_fingerprint(featurizer, exact: bool = False) -> str:
     from . import __version__
 
     backbone = featurizer.backbone
-    module = featurizer.backbone_
-    if exact or isinstance(backbone, torch.nn.Module):
+    exact = exact or isinstance(backbone, torch.nn.Module) or featurizer.weights_sha256_ is None
+    # Called in fit, a not-yet-built module (see PretrainedCNNFeaturizer.backbone_) has fit's parameters.
+    module = featurizer.backbone_ if exact else featurizer._built_backbone()
+    if exact:
         cls = type(backbone) if isinstance(backbone, torch.nn.Module) else type(module)
         # Class, structure and parameters: a module has no other identity.
         identity = {
@@ -162,13 +164,7 @@ def model_fingerprint(featurizer, exact: bool = False) -> str:
             "state": _state_dict_digest(module),
         }
     else:
-        identity = {"name": str(backbone).lower()}
-        if featurizer.weights_sha256_ is not None:
-            identity["weights_sha256"] = featurizer.weights_sha256_
-        else:
-            # Random init (weights=None) or weights without a file: the loaded
-            # parameters themselves are the identity.
-            identity["state"] = _state_dict_digest(featurizer.backbone_)
+        identity = {"name": str(backbone).lower(), "weights_sha256": featurizer.weights_sha256_}
     fields = {
         "format": 1,
         "sklearn_tl": __version__,
@@ -176,8 +172,8 @@ def model_fingerprint(featurizer, exact: bool = False) -> str:
         "torchvision": torchvision.__version__,
         "backbone": identity,
         # What the fitted module does, not what the parameters say now.
-        "layer": getattr(module, "layer", featurizer.layer),
-        "pooling": getattr(getattr(module, "pool", None), "mode", featurizer.pooling),
+        "layer": featurizer.layer if module is None else module.layer,
+        "pooling": featurizer.pooling if module is None else module.pool.mode,
         "data_config": featurizer.data_config_.as_dict(),
         "image_shape": None if featurizer.image_shape is None else [int(s) for s in featurizer.image_shape],
         "n_features": int(featurizer.n_features_out_),

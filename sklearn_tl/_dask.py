@@ -95,10 +95,20 @@ def featurize_dask(featurizer, paths):
 
     Examples
     --------
-    >>> import dask.bag as db  # doctest: +SKIP
-    >>> embeddings = featurize_dask(featurizer.fit(paths[:1]), db.from_sequence(paths, npartitions=8))  # doctest: +SKIP
-    >>> embeddings.compute().shape  # doctest: +SKIP
-    (10000, 1280)
+    >>> import dask, dask.bag as db, numpy as np, pathlib, tempfile
+    >>> from PIL import Image
+    >>> from sklearn_tl import PretrainedCNNFeaturizer, featurize_dask
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> paths = [str(folder / f"{i}.png") for i in range(6)]
+    >>> for i, path in enumerate(paths):
+    ...     Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(path)
+    >>> featurizer = PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32, random_state=0)
+    >>> embeddings = featurize_dask(featurizer.fit(paths[:1]), db.from_sequence(paths, npartitions=3))
+    >>> embeddings.shape, embeddings.numblocks
+    ((6, 512), (3, 1))
+    >>> with dask.config.set(scheduler="synchronous"):  # or a distributed Client
+    ...     embeddings.compute().shape
+    (6, 512)
     """
     from sklearn.utils.validation import check_is_fitted
 

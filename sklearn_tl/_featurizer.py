@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
 from ._engine import PRECISIONS, forward_batches, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset, as_image_source
-from ._model import POOLINGS, build_embedder, fold_batchnorm
+from ._model import POOLINGS, build_embedder, describe_embedder, fold_batchnorm
 from ._preprocess import ImageTransform
 
 __all__ = ["PretrainedCNNFeaturizer"]
@@ -215,12 +215,16 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """
         self._image_source(X, reset=True)
         resolve_device(self.device)  # a device this machine lacks fails in fit
-        self._init_seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        built = build_embedder(
-            self.backbone, self.weights, self.layer, self.pooling, self.image_size, seed=self._init_seed
-        )
-        # backbone_ only ever runs inference: fold its BatchNorms (same function, faster).
-        self.backbone_ = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self._build_args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size, seed)
+        # With a cache, a run may find every row stored: then the network is never needed, so
+        # building it waits for the first cache miss (backbone_), where the parameters allow.
+        built = describe_embedder(*self._build_args[:5]) if self.cache is not None else None
+        if built is None:
+            built = build_embedder(*self._build_args[:5], seed=seed)
+            self._backbone = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
+        else:
+            self._backbone = None
         self.data_config_ = built.data_config
         self.n_features_out_ = built.n_features
         self.weights_ = built.weights.name
@@ -274,11 +278,28 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         )
 
     @property
+    def backbone_(self):
+        """The embedding module: normalisation, trunk (BatchNorms folded), pooling."""
+        if self.__dict__.get("_backbone") is None:
+            if "_build_args" not in self.__dict__:
+                raise AttributeError("'PretrainedCNNFeaturizer' object has no attribute 'backbone_' (not fitted)")
+            *args, seed = self._build_args  # the parameters of fit, whatever set_params did since
+            built = build_embedder(*args, seed=seed)
+            self._backbone = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
+        return self._backbone
+
+    def _built_backbone(self):
+        """``backbone_`` if it exists already, else None (never builds)."""
+        return self.__dict__.get("_backbone")
+
+    @property
     def _n_features_out(self):
         return self.n_features_out_
 
     def __getstate__(self):
-        return cpu_state(super().__getstate__(), ["backbone_"])
+        if "_build_args" in self.__dict__:
+            self.backbone_  # noqa: B018  (build it: the weights are part of a pickled model)
+        return cpu_state(super().__getstate__(), ["_backbone"])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

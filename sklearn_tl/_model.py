@@ -18,7 +18,15 @@ from ._backbones import BackboneSpec, TimmTrunk, get_backbone_spec
 from ._preprocess import DataConfig, native_data_config, resolve_data_config
 from ._weights import ResolvedWeights, check_hash, load_state_dict_file, resolve_weights
 
-__all__ = ["GlobalPool", "ImageEmbedder", "BuiltBackbone", "build_embedder", "fold_batchnorm", "POOLINGS"]
+__all__ = [
+    "GlobalPool",
+    "ImageEmbedder",
+    "BuiltBackbone",
+    "build_embedder",
+    "describe_embedder",
+    "fold_batchnorm",
+    "POOLINGS",
+]
 
 POOLINGS = ("avg", "max", "gem")
 
@@ -134,6 +142,21 @@ def _load_into(network: nn.Module, weights: ResolvedWeights, label: str) -> None
         raise ValueError(f"Weights {weights.name} do not fit backbone {label}: {detail}.") from None
 
 
+def _network_for(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
+    """The full network of ``spec``, with ``weights`` loaded when there are any."""
+    if not weights.pretrained:
+        return spec.build_network(pretrained=False)
+    with torch.device("meta"):  # no random initialisation: the weights overwrite every tensor
+        network = spec.build_network(pretrained=True)
+    persistent = set(network.state_dict())
+    if any(name not in persistent for name, _ in network.named_buffers()):
+        network = spec.build_network(pretrained=True)  # non-persistent buffers need their real init
+    else:
+        network = network.to_empty(device="cpu")
+    _load_into(network, weights, repr(spec.name))  # strict: every parameter and buffer is set
+    return network
+
+
 def _user_module(backbone: nn.Module, weights) -> tuple[nn.Module, ResolvedWeights]:
     module = copy.deepcopy(backbone)  # never train or move the caller's module
     if weights is None or weights == "DEFAULT":
@@ -172,17 +195,10 @@ def _build_embedder(backbone, weights, layer, pooling, image_size) -> BuiltBackb
     else:
         spec = get_backbone_spec(backbone)
         resolved = resolve_weights(spec, weights)
-        network = spec.build_network(pretrained=resolved.pretrained)
-        if resolved.pretrained:
-            _load_into(network, resolved, repr(spec.name))
+        network = _network_for(spec, resolved)
         native = native_data_config(spec, resolved, network)
         trunk = spec.build_trunk(network)
-    config = resolve_data_config(native, image_size)
-    if config.crop_size < config.min_size:
-        raise ValueError(
-            f"image_size={config.crop_size} is too small for backbone {backbone!r}: "
-            f"it needs at least {config.min_size} pixels."
-        )
+    config = _checked_config(native, image_size, backbone)
     module = ImageEmbedder(trunk, config.mean, config.std, pooling=pooling, layer=layer)
     module.eval()
     if layer is not None:
@@ -191,6 +207,34 @@ def _build_embedder(backbone, weights, layer, pooling, image_size) -> BuiltBackb
     if not n_features:
         n_features = _probe_width(module, config, backbone)
     return BuiltBackbone(module, spec, resolved, config, n_features)
+
+
+def _checked_config(native: DataConfig, image_size, backbone) -> DataConfig:
+    config = resolve_data_config(native, image_size)
+    if config.crop_size < config.min_size:
+        raise ValueError(
+            f"image_size={config.crop_size} is too small for backbone {backbone!r}: "
+            f"it needs at least {config.min_size} pixels."
+        )
+    return config
+
+
+def describe_embedder(backbone, weights, layer=None, pooling="avg", image_size=None) -> BuiltBackbone | None:
+    """What :func:`build_embedder` would build, without building it (``module`` is None).
+
+    Possible when the preprocessing, width and weights identity are known from
+    the registry and the weights' metadata alone: a registered torchvision
+    backbone, named or file weights, no ``layer``. Otherwise returns None.
+    """
+    if isinstance(backbone, nn.Module) or weights is None or layer is not None:
+        return None
+    spec = get_backbone_spec(backbone)
+    if spec.source != "torchvision" or not spec.n_features:
+        return None
+    GlobalPool(pooling)  # validates it, as building would
+    resolved = resolve_weights(spec, weights)
+    config = _checked_config(native_data_config(spec, resolved, None), image_size, backbone)
+    return BuiltBackbone(None, spec, resolved, config, spec.n_features)
 
 
 def _probe_width(module: ImageEmbedder, config: DataConfig, backbone) -> int:
@@ -211,8 +255,9 @@ def _probe_width(module: ImageEmbedder, config: DataConfig, backbone) -> int:
     return int(out.shape[1])
 
 
-def _fold_in_place(module: nn.Module) -> int:
-    folded = 0
+def _foldable_pairs(module: nn.Module) -> list:
+    """``(parent, conv name, conv, BN name, BN)`` for each conv registered right before a BN."""
+    pairs = []
     for parent in module.modules():
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
@@ -223,14 +268,12 @@ def _fold_in_place(module: nn.Module) -> int:
                 and norm.track_running_stats
                 and conv.out_channels == norm.num_features
             ):
-                parent._modules[first] = fuse_conv_bn_eval(conv, norm)
-                parent._modules[second] = nn.Identity()  # the name stays, so `layer=` still finds it
-                folded += 1
-    return folded
+                pairs.append((parent, first, conv, second, norm))
+    return pairs
 
 
 def fold_batchnorm(module: ImageEmbedder, image_size: int, min_size: int = 1) -> ImageEmbedder:
-    """An inference copy of ``module`` with each BatchNorm folded into its convolution.
+    """Fold each BatchNorm of an inference-only ``module`` into its convolution, in place.
 
     In eval mode a BatchNorm is an affine map per channel, so it can be merged
     into the weights and bias of the convolution before it: the same function,
@@ -238,17 +281,24 @@ def fold_batchnorm(module: ImageEmbedder, image_size: int, min_size: int = 1) ->
     and MobileNetV2). A convolution and a BatchNorm registered one after the
     other (torchvision's Conv-BN-activation blocks, ResNet's conv1/bn1 ...) are
     folded; the result is checked against the original on a random batch and
-    the original is returned if they differ (a module whose forward does not
-    apply them in that order).
+    undone if they differ (a module whose forward does not apply them in that
+    order). Returns ``module``.
     """
-    folded = copy.deepcopy(module).eval()
-    if not _fold_in_place(folded):
+    module.eval()
+    pairs = _foldable_pairs(module)
+    if not pairs:
         return module
     side = max(min(image_size, 96), min_size)
     probe = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        expected, actual = module(probe), folded(probe)
+        expected = module(probe)
+    for parent, first, conv, second, norm in pairs:  # outside inference mode: ordinary tensors
+        parent._modules[first] = fuse_conv_bn_eval(conv, norm)
+        parent._modules[second] = nn.Identity()  # the name stays, so `layer=` still finds it
+    with torch.inference_mode():
+        actual = module(probe)
     scale = expected.abs().max().clamp(min=1e-6)
     if expected.shape != actual.shape or not torch.allclose(actual, expected, rtol=1e-3, atol=1e-4 * float(scale)):
-        return module
-    return folded
+        for parent, first, conv, second, norm in pairs:  # not the same function: undo
+            parent._modules[first], parent._modules[second] = conv, norm
+    return module

@@ -256,7 +256,19 @@ def _from_file(path: Path, enum) -> ResolvedWeights:
 
 
 def load_state_dict_file(path: Path) -> dict:
-    """Read a state dict safely (no pickled code), unwrapping common checkpoints."""
+    """Read a state dict safely (no pickled code), unwrapping common checkpoints.
+
+    The last few files read are memoised on (path, size, mtime), so the many
+    fits of a grid search read a weights file once. The dict is shared: load it
+    with ``load_state_dict`` (which copies), never modify it.
+    """
+    stat = Path(path).stat()
+    return _load_state_dict_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _load_state_dict_cached(path_str: str, size: int, mtime_ns: int) -> dict:
+    path = Path(path_str)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

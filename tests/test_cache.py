@@ -3,6 +3,7 @@
 import hashlib
 import multiprocessing
 import os
+import pickle
 import shutil
 import sys
 import uuid
@@ -479,3 +480,30 @@ def test_concurrent_writers_never_expose_partial_entries(tmp_path):
     assert seen > 0
     assert reader.n_entries == len(keys)
     assert not list((tmp_path / "sklearn_tl_embeddings").rglob("*.tmp"))  # no temp files left
+
+
+def test_a_fully_cached_grid_search_builds_the_network_once(tmp_path, monkeypatch):
+    import sklearn_tl._featurizer as featurizer_module
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    X, y = sklearn_tl.load_textures(n_per_class=10, size=32, random_state=0, return_X_y=True)
+    builds = []
+    real_build = featurizer_module.build_embedder
+
+    def counting_build(*args, **kwargs):
+        builds.append(args[0])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(featurizer_module, "build_embedder", counting_build)
+    est = sklearn_tl.PretrainedCNNFeaturizer(weights="IMAGENET1K_V1", image_size=32, cache=tmp_path)
+    pipe = Pipeline([("f", est), ("svc", SVC())])
+    GridSearchCV(pipe, {"svc__C": [0.1, 1.0]}, cv=3).fit(X, y)
+    assert len(builds) <= 3  # one per fold at most while rows are missing; 7 fits in all
+    builds.clear()
+    search = GridSearchCV(pipe, {"svc__C": [0.1, 1.0]}, cv=3).fit(X, y)  # every row is stored now
+    assert builds == []
+    # A pickle still carries its weights: the network is built when it is saved.
+    restored = pickle.loads(pickle.dumps(search.best_estimator_))
+    assert restored.named_steps["f"]._built_backbone() is not None
+    assert builds == ["mobilenet_v2"]

@@ -362,7 +362,7 @@ def test_joblib_deploy_in_a_fresh_cpu_only_process(tmp_path, textures):
 def test_pickled_state_is_on_the_cpu(small_images_module):
     featurizer = tiny().fit(small_images_module)
     state = featurizer.__getstate__()
-    assert all(p.device.type == "cpu" for p in state["backbone_"].parameters())
+    assert all(p.device.type == "cpu" for p in state["_backbone"].parameters())
     restored = pickle.loads(pickle.dumps(featurizer))
     np.testing.assert_array_equal(restored.transform(small_images_module), featurizer.transform(small_images_module))
 
@@ -390,7 +390,7 @@ class TestBatchNormFolding:
         X = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
         featurizer = PretrainedCNNFeaturizer(name, weights=None, image_size=size, random_state=0).fit(X)
         n_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in featurizer.backbone_.modules())
-        unfolded = build_embedder(name, None, image_size=size, seed=featurizer._init_seed)
+        unfolded = build_embedder(name, None, image_size=size, seed=featurizer._build_args[-1])
         assert n_norms < sum(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.module.modules()) // 2
         dataset = ImageDataset(as_image_source(X), ImageTransform(featurizer.data_config_))
         expected = forward_batches(unfolded.module, dataset, device="cpu", precision="float32")
