@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
@@ -96,11 +97,7 @@ def main(argv=None):
         )
         + "`",
     ]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    if args.write:
-        with open(args.write, "w") as handle:
-            handle.write(text)
+    emit("\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 import dask.bag as db
 import distributed
 import numpy as np
+from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from PIL import Image
 
 from sklearn_tl import PretrainedCNNFeaturizer, featurize_dask, load_textures
@@ -63,12 +64,7 @@ def main(argv=None):
     ]
     for name, seconds in rows:
         lines.append(f"| {name} | {seconds:.1f} | {len(paths) / seconds:.1f} | {one_worker / seconds:.2f} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.write:
-        os.makedirs(os.path.dirname(args.write) or ".", exist_ok=True)
-        with open(args.write, "a") as f:
-            f.write(report + "\n")
+    emit("\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 import torch
+from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from torchvision import transforms
 from torchvision.models import get_model, get_model_weights
 from torchvision.transforms.v2 import functional as TF
@@ -209,12 +210,7 @@ def main(argv=None):
             *compiled_lines,
             "",
         ]
-    report = "\n".join(lines)
-    print(report)
-    if args.write:
-        os.makedirs(os.path.dirname(args.write) or ".", exist_ok=True)
-        with open(args.write, "a") as f:
-            f.write(report + "\n")
+    emit("\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 import torch
+from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 from skorch.callbacks import Callback
@@ -226,11 +227,7 @@ def main(argv=None):
     data = digits(args.n_train, args.n_test)
     curves = None if args.skip_accuracy else accuracy_curves(args, data)
     timing = overhead(args, data, device)
-    text = report(args, curves, timing, device)
-    print(text)
-    if args.write:
-        with open(args.write, "w") as handle:
-            handle.write(text)
+    emit(report(args, curves, timing, device), args.write)
 
 
 if __name__ == "__main__":

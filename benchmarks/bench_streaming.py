@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 
 import numpy as np
+from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from PIL import Image
 
 RUN = textwrap.dedent(
@@ -87,12 +88,7 @@ def main(argv=None):
             print(lines[-1], flush=True)
     held = args.n_files * 400 * 300 * 3 / 2**20
     lines += ["", f"Holding all {args.n_files} decoded photos at once would take {held:.0f} MiB.", ""]
-    report = "\n".join(lines)
-    print(report)
-    if args.write:
-        os.makedirs(os.path.dirname(args.write) or ".", exist_ok=True)
-        with open(args.write, "a") as f:
-            f.write(report + "\n")
+    emit("\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

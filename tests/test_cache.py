@@ -149,8 +149,8 @@ class TestGridSearch:
         shutil.rmtree(log)
         log.mkdir()
         self._search(X, y, str(tmp_path / "cache"), [LoggingNet(log)], n_jobs=1)
-        pipeline = Pipeline([("f", PretrainedCNNFeaturizer(LoggingNet(log), image_size=24, cache=str(tmp_path / "cache"))),
-                             ("svc", SVC())])
+        featurizer = PretrainedCNNFeaturizer(LoggingNet(log), image_size=24, cache=str(tmp_path / "cache"))
+        pipeline = Pipeline([("f", featurizer), ("svc", SVC())])
         cross_val_score(pipeline, X, y, cv=3)
         assert forwarded(log) == Counter()
 
@@ -483,9 +483,10 @@ def test_concurrent_writers_never_expose_partial_entries(tmp_path):
 
 
 def test_a_fully_cached_grid_search_builds_the_network_once(tmp_path, monkeypatch):
-    import sklearn_tl._featurizer as featurizer_module
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
+
+    import sklearn_tl._featurizer as featurizer_module
 
     X, y = sklearn_tl.load_textures(n_per_class=10, size=32, random_state=0, return_X_y=True)
     builds = []
