@@ -47,7 +47,7 @@ from ._engine import (
     to_model_input,
 )
 from ._images import ImageDataset, as_image_source, collate_images
-from ._model import POOLINGS, build_embedder
+from ._model import POOLINGS, build_embedder, network_root
 from ._preprocess import ImageTransform
 
 __all__ = [
@@ -130,10 +130,8 @@ def build_head(n_features: int, n_classes: int, head=None, dropout: float = 0.0)
 
 def _trunk_root(embedder: nn.Module) -> tuple[nn.Module, str]:
     """The module whose names are the original network's, and its parameter prefix."""
-    trunk = embedder.trunk
-    if isinstance(trunk, TimmTrunk):
-        return trunk.network, "trunk.network."
-    return trunk, "trunk."
+    root = network_root(embedder.trunk)
+    return root, "trunk." if root is embedder.trunk else "trunk.network."
 
 
 def _has_params(module: nn.Module) -> bool:

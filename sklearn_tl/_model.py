@@ -108,9 +108,14 @@ class ImageEmbedder(nn.Module):
         return self.pool(self.feature_map(x))
 
 
+def network_root(trunk: nn.Module) -> nn.Module:
+    """The module under ``trunk`` whose submodule names are the original network's."""
+    return trunk.network if isinstance(trunk, TimmTrunk) else trunk
+
+
 def find_layer(trunk: nn.Module, name: str) -> nn.Module:
     """The module called ``name`` (as named in the original network)."""
-    root = trunk.network if isinstance(trunk, TimmTrunk) else trunk
+    root = network_root(trunk)
     try:
         return root.get_submodule(name)
     except AttributeError:
