@@ -14,7 +14,6 @@ import contextlib
 import sys
 import time
 import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -149,6 +148,7 @@ def forward_batches(
     description: str = "featurizing",
     n_features: int | None = None,
     compile: bool = False,
+    compiled_modules: dict | None = None,
 ) -> np.ndarray:
     """Embeddings of every image of ``dataset`` as a float32 array ``(n, d)``.
 
@@ -156,16 +156,16 @@ def forward_batches(
     batch is retried in halves (down to one image), and later batches keep the
     smaller size. Images the dataset could not read (``on_error="warn"``) give
     rows of NaN and one :class:`ImageReadWarning` naming the files.
-    ``compile=True`` runs a ``torch.compile``d copy of the module (compiled once
-    per module and device, at the first call), padding the last batch so that
-    a single input shape is compiled.
+    ``compile=True`` runs a ``torch.compile``d copy of the module, padding the
+    last batch so that a single input shape is compiled; pass the same
+    ``compiled_modules`` dict (owned by the estimator) to compile once per device.
     """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = resolve_precision(precision, device)
     batch_size = resolve_batch_size(batch_size, device)
     module = prepare_module(module, device, channels_last)
     if compile:
-        module = compiled(module, device)
+        module = compiled(module, device, {} if compiled_modules is None else compiled_modules)
     loader = make_loader(dataset, batch_size, device, num_workers)
     n = len(dataset)
     out = None if n_features is None else np.full((n, n_features), np.nan, dtype=np.float32)
@@ -259,20 +259,19 @@ def _padded(batch: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([batch, batch[-1:].expand(size - len(batch), *batch.shape[1:])])
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def compiled(module: torch.nn.Module, device: torch.device, cache: dict):
+    """``torch.compile(module)``, kept in ``cache`` per module and device.
 
-
-def compiled(module: torch.nn.Module, device: torch.device):
-    """``torch.compile(module)``, built once per module and device.
-
-    Inductor's ``freezing`` folds weights into the graph for inference, which
-    is where most of the CPU speed-up comes from.
+    The cache belongs to the estimator, so a compiled graph lives as long as
+    the estimator that uses it (a module-level cache would keep every
+    network of a grid search alive). Inductor's ``freezing`` folds weights into
+    the graph for inference.
     """
-    key = (device.type, device.index)
-    per_module = _COMPILED.setdefault(module, {})
-    if key not in per_module:
-        per_module[key] = torch.compile(module, dynamic=False, options={"freezing": True})
-    return per_module[key]
+    key = (id(module), device.type, device.index)
+    if key not in cache:
+        cache.clear()  # a new module or device: the old graph is of no further use
+        cache[key] = torch.compile(module, dynamic=False, options={"freezing": True})
+    return cache[key]
 
 
 def _forward_finite(module, x, device, dtype):

@@ -79,14 +79,15 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         or ``"mps"``. Resolved at each ``transform``, so a model fitted on a GPU
         runs on a CPU-only machine.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Autocast dtype. ``"auto"``: bf16 (else fp16) on CUDA, bf16 on CPUs with
-        native bf16 support, float32 otherwise. Output is always float32.
+        Autocast dtype. ``"auto"``: fp16 on CUDA (a batch that overflows is
+        redone in fp32), bf16 on CPUs with native bf16 support, float32
+        otherwise. Output is always float32.
     num_workers : int, default=0
         DataLoader worker processes decoding and resizing images in parallel.
     compile : bool, default=False
         Run a ``torch.compile``d copy of the backbone. The first ``transform``
-        compiles (about a minute for MobileNetV2 on 2 CPU cores), later ones are
-        faster (see benchmarks/README.md): worth it for long runs only.
+        compiles (5-9 s for MobileNetV2 / ResNet-50 on 2 CPU cores); later ones
+        were 1.00-1.09x faster on this project's CPU (see benchmarks/README.md).
     progress : bool or "auto", default="auto"
         Show a progress bar with images per second; ``"auto"`` shows it for runs
         of 500 images or more when standard error is a terminal.
@@ -262,6 +263,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 progress=self.progress,
                 n_features=self.n_features_out_,
                 compile=self.compile,
+                compiled_modules=self.__dict__.setdefault("_compiled", {}),
             )
 
         if store is None:
@@ -285,6 +287,11 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 raise AttributeError("'PretrainedCNNFeaturizer' object has no attribute 'backbone_' (not fitted)")
             *args, seed = self._build_args  # the parameters of fit, whatever set_params did since
             built = build_embedder(*args, seed=seed)
+            if built.weights.sha256 != self.weights_sha256_:
+                raise ValueError(
+                    f"The weights file of {self.weights_!r} changed since fit (sha256 {self.weights_sha256_} "
+                    f"then, {built.weights.sha256} now); fit again."
+                )
             self._backbone = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
         return self._backbone
 
@@ -299,7 +306,9 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     def __getstate__(self):
         if "_build_args" in self.__dict__:
             self.backbone_  # noqa: B018  (build it: the weights are part of a pickled model)
-        return cpu_state(super().__getstate__(), ["_backbone"])
+        state = cpu_state(super().__getstate__(), ["_backbone"])
+        state.pop("_compiled", None)  # compiled graphs are rebuilt where the model runs
+        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -446,8 +446,8 @@ class FineTuneClassifier(NeuralNetClassifier):
         DataLoader workers for training and prediction (override for
         training alone with ``iterator_train__num_workers``).
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Autocast dtype, as for the featurizer: bf16 (else fp16, with a
-        gradient scaler) on CUDA, bf16 on CPUs with native bf16, else fp32.
+        Autocast dtype, as for the featurizer: fp16 (with a gradient scaler
+        when training) on CUDA, bf16 on CPUs with native bf16, else fp32.
     device : str or torch.device, default="auto"
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
         Resolved in ``fit`` and again when a pickle is loaded, so a model

@@ -18,6 +18,7 @@ is copied before it is touched.
 from __future__ import annotations
 
 import os
+import struct
 from typing import NamedTuple
 
 import numpy as np
@@ -151,7 +152,8 @@ def read_image_file(path, index=None, min_side=None) -> torch.Tensor:
                     image.draft(image.mode, (int(image.size[0] / scale), int(image.size[1] / scale)))
             image.load()
             return pil_to_tensor(_shrink_for(image, min_side), where)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError,
+            EOFError, struct.error) as exc:  # what Pillow and pil_to_tensor raise for a bad file
         reason = "not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
         raise ImageReadError(f"Cannot read {where}: {reason}", index=index, path=str(path)) from exc
 
@@ -217,7 +219,7 @@ class ListSource(ImageSource):
         if isinstance(item, Image.Image):
             return pil_to_tensor(item, what)
         if isinstance(item, torch.Tensor):
-            array = item.detach().cpu().numpy()
+            array = _tensor_to_numpy(item)
             _check_values(array, what)
             image = _to_tensor(array)
             if image.ndim == 2:
@@ -313,8 +315,15 @@ def _tensor_source(X: torch.Tensor) -> ArraySource:
         raise ValueError(
             f"X is a tensor of shape {tuple(X.shape)}; channels (axis 1) must be 1, 3 or 4 (N, C, H, W)."
         )
-    _check_values(X.detach().cpu().numpy(), "X")
+    _check_values(_tensor_to_numpy(X), "X")
     return ArraySource(X, channels_first=True)
+
+
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()  # numpy has no bfloat16
+    return tensor.numpy()
 
 
 ON_ERROR = ("raise", "warn")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -164,17 +165,23 @@ def _network_for(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
 
 def _user_module(backbone: nn.Module, weights) -> tuple[nn.Module, ResolvedWeights]:
     module = copy.deepcopy(backbone)  # never train or move the caller's module
-    if weights is None or weights == "DEFAULT":
+    if weights is None:
+        # Random initialisation, as for named backbones (seeded by build_embedder).
+        for submodule in module.modules():
+            if hasattr(submodule, "reset_parameters"):
+                submodule.reset_parameters()
+        return module, ResolvedWeights(None, None, None)
+    if isinstance(weights, str) and weights == "DEFAULT":
         # The module's own parameters are its weights.
         return module, ResolvedWeights(None, f"{type(backbone).__name__} (as given)", None)
     from pathlib import Path
 
-    path = Path(weights)
-    if not path.is_file():
+    if not isinstance(weights, (str, os.PathLike)) or not Path(weights).is_file():
         raise ValueError(
             f"For a torch.nn.Module backbone, weights must be 'DEFAULT' (keep its parameters), "
             f"None, or a state-dict file; got {weights!r}."
         )
+    path = Path(weights)
     resolved = ResolvedWeights(load_state_dict_file(path), str(path), check_hash(path))
     _load_into(module, resolved, type(backbone).__name__)
     return module, resolved
@@ -293,8 +300,8 @@ def fold_batchnorm(module: ImageEmbedder, image_size: int, min_size: int = 1) ->
     pairs = _foldable_pairs(module)
     if not pairs:
         return module
-    side = max(min(image_size, 96), min_size)
-    probe = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    side = max(image_size, min_size)  # the input size transform will use: some modules need exactly it
+    probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = module(probe)
     for parent, first, conv, second, norm in pairs:  # outside inference mode: ordinary tensors

@@ -165,8 +165,11 @@ def _timm_url(name):
     cfg = timm.models.get_pretrained_cfg(name)
     url = getattr(cfg, "url", None) if cfg is not None else None
     if not url:
+        hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        where = f" (its weights are on the Hugging Face hub as {hub!r})" if hub else ""
         raise WeightsNotFoundError(
-            f"timm's {name!r} has no downloadable weights file; pass weights= a local file path."
+            f"timm's {name!r} has no direct weights URL{where}; download the state dict "
+            "(.pth or .safetensors) and pass weights='/path/to/file'."
         )
     return url
 

@@ -422,3 +422,60 @@ def test_compile_gives_the_same_embeddings(small_images_module):
     np.testing.assert_allclose(fast.transform(small_images_module), eager.transform(small_images_module),
                                rtol=1e-4, atol=1e-5)
     pickle.loads(pickle.dumps(fast))  # the compiled copy is not part of the state
+
+
+class TestReviewedEdgeCases:
+    def test_module_with_a_fixed_input_size_above_96(self):
+        module = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.BatchNorm2d(2), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(2 * 128 * 128, 8),
+        )
+        X = np.zeros((2, 150, 150, 3), np.uint8)
+        assert PretrainedCNNFeaturizer(module, image_size=128).fit(X).transform(X).shape == (2, 8)
+
+    def test_half_precision_tensors_are_accepted(self, small_images_module):
+        X = torch.from_numpy(small_images_module).permute(0, 3, 1, 2) / 255.0
+        expected = tiny().fit_transform(X)
+        np.testing.assert_allclose(tiny().fit_transform(X.to(torch.bfloat16)), expected, atol=0.05)
+
+    def test_module_weights_none_is_a_seeded_random_init(self, small_images_module):
+        module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        own = PretrainedCNNFeaturizer(module, image_size=16).fit_transform(small_images_module)
+        again = PretrainedCNNFeaturizer(module, weights="DEFAULT", image_size=16).fit_transform(small_images_module)
+        np.testing.assert_array_equal(own, again)  # "DEFAULT": the module's own parameters
+        seeded = [PretrainedCNNFeaturizer(module, weights=None, image_size=16, random_state=seed)
+                  .fit_transform(small_images_module) for seed in (0, 0, 1)]
+        np.testing.assert_array_equal(seeded[0], seeded[1])
+        assert not np.allclose(seeded[0], seeded[2]) and not np.allclose(seeded[0], own)
+
+    def test_enum_weights_for_a_module_are_refused_clearly(self, small_images_module):
+        from torchvision.models import ResNet18_Weights
+
+        with pytest.raises(ValueError, match="For a torch.nn.Module backbone"):
+            PretrainedCNNFeaturizer(torch.nn.Conv2d(3, 4, 3), weights=ResNet18_Weights.IMAGENET1K_V1).fit(
+                small_images_module
+            )
+
+    def test_float_tiff_with_on_error_warn(self, tmp_path, small_images_module):
+        Image.fromarray(np.random.default_rng(0).random((8, 8)).astype(np.float32)).save(tmp_path / "f.tif")
+        good = tmp_path / "good.png"
+        Image.fromarray(small_images_module[0]).save(good)
+        with pytest.raises(ImageReadError, match="f.tif"):
+            tiny().fit(small_images_module).transform([good, tmp_path / "f.tif"])
+        with pytest.warns(match="f.tif"):
+            Z = tiny(on_error="warn").fit(small_images_module).transform([good, tmp_path / "f.tif"])
+        assert np.isnan(Z[1]).all() and np.isfinite(Z[0]).all()
+
+    def test_weights_file_changed_after_a_lazy_fit(self, tmp_path, mobilenet_file, small_images_module):
+        import shutil
+
+        path = tmp_path / "mine.pth"
+        shutil.copy(mobilenet_file, path)
+        featurizer = PretrainedCNNFeaturizer(weights=path, image_size=32, cache=tmp_path / "cache").fit(
+            small_images_module
+        )
+        state = torch.load(path, weights_only=True)
+        state["features.0.0.weight"] += 1.0
+        torch.save(state, path)
+        with pytest.raises(ValueError, match="changed since fit"):
+            featurizer.transform(small_images_module)
