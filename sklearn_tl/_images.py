@@ -161,8 +161,6 @@ def read_image_file(path, index=None, min_side=None) -> torch.Tensor:
 class ImageSource:
     """Random access to the images of ``X`` as ``(C, H, W)`` tensors."""
 
-    kind = "images"
-
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -180,7 +178,6 @@ class ArraySource(ImageSource):
     def __init__(self, array, channels_first: bool):
         self.array = array
         self.channels_first = channels_first
-        self.kind = "array"
 
     def __len__(self):
         return len(self.array)
@@ -202,7 +199,6 @@ class ListSource(ImageSource):
 
     def __init__(self, items):
         self.items = items
-        self.kind = "paths" if items and all(_is_path(i) for i in items) else "list"
 
     def __len__(self):
         return len(self.items)
