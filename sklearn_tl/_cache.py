@@ -6,12 +6,12 @@ A frozen backbone maps the same image to the same embedding, so
 - the image's *content*: dtype, shape and bytes of an array or tensor, the
   decoded pixels of a PIL image, the bytes of an image file (never its position
   in ``X`` or its path alone);
-- the model's *fingerprint*: package, torch and torchvision versions, the
+- the model's *fingerprint*: package, torch, torchvision, timm and Pillow versions, the
   backbone (its name, or for a ``torch.nn.Module`` its class, structure and
   state dict), the weights' sha256 (or a hash of the loaded state dict when
   there is no file, e.g. ``weights=None``), ``layer``, ``pooling``, every field of
   ``data_config_`` (crop, resize, interpolation, mean, std), ``image_shape``,
-  and the resolved device type and autocast dtype.
+  the resolved device type and autocast dtype, and the cache's ``extra_key``.
 
 ``batch_size``, ``num_workers``, ``progress`` and the device index are not in the
 key: they do not change the output.
@@ -20,10 +20,13 @@ Entries are written to a temporary file and moved into place with
 ``os.replace``, so a reader never sees a partial entry; each entry carries a
 checksum of its key and payload, so a corrupt file is recomputed, never
 returned. Entries live in ``<location>/sklearn_tl_embeddings/<2 hex>/`` (256
-shards). Computing missing rows holds a per-model file lock, so concurrent
-``n_jobs`` workers wait for each other instead of embedding the same images
-twice. A location that cannot be written is still read; writes are skipped
-with one :class:`EmbeddingCacheWarning`.
+shards). Rows are stored as each batch finishes, so a run stopped by an error
+or killed keeps every finished batch. There is no lock: ``n_jobs`` workers on
+disjoint images run side by side, and on overlapping images may compute a row
+twice, never store a torn one. An image file is read once per batch, hashed
+and decoded from the same bytes, so a file replaced during a run cannot put one
+image's row under another's key. A location that cannot be written is still
+read; writes are skipped with one :class:`EmbeddingCacheWarning`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -66,64 +70,17 @@ def _blake(*parts: bytes, size: int = 20) -> bytes:
 # ---------------------------------------------------------------- content keys
 
 
-def _array_digest(array: np.ndarray, tag: str) -> bytes:
-    array = np.ascontiguousarray(array)
-    header = f"{tag}|{array.dtype.str}|{array.shape}|".encode()
-    return _blake(header, memoryview(array).cast("B"))
-
-
-def _tensor_digest(tensor: torch.Tensor, tag: str) -> bytes:
-    tensor = tensor.detach().cpu().contiguous()
-    header = f"{tag}|{tensor.dtype}|{tuple(tensor.shape)}|".encode()
-    # A uint8 view serialises any dtype (bfloat16 included) without conversion.
-    return _blake(header, tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _file_digest(path: str) -> bytes | None:
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(b"file|")
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None  # unreadable: not cached, the forward pass reports the error
-    return digest.digest()
-
-
 def content_key(source, index: int) -> bytes | None:
     """A digest of image ``index`` of ``source`` that depends only on its content.
 
+    The dtype, shape and bytes of an array or tensor, the bytes of a file, the
+    decoded pixels of a PIL image; never its position in ``X`` or a path alone.
     Returns None for an image that cannot be keyed (an unreadable file): such
-    images are always computed, so their errors surface as usual.
+    images are always computed, so their errors surface as usual. The rows
+    computed are stored under the key of exactly the data decoded
+    (:meth:`ImageSource.load_keyed`), not under this first look-up's key.
     """
-    from PIL import Image
-
-    from ._images import ArraySource, ListSource
-
-    if isinstance(source, ArraySource):
-        item = source.array[index]
-        tag = "array-chw" if source.channels_first else "array-hwc"
-        if isinstance(item, torch.Tensor):
-            return _tensor_digest(item, tag)
-        return _array_digest(np.asarray(item), tag)
-    if isinstance(source, ListSource):
-        item = source.items[index]
-        path = source.path(index)
-        if path is not None:
-            return _file_digest(path)
-        if isinstance(item, np.ndarray):
-            return _array_digest(item, "list-hwc")
-        if isinstance(item, torch.Tensor):
-            return _tensor_digest(item, "list-chw")
-        if not isinstance(item, Image.Image):
-            return None  # not an image: the forward pass raises the usual TypeError
-    # PIL images and other sources: the decoded pixels (mode, palette and EXIF
-    # orientation are already applied by load).
-    try:
-        return _tensor_digest(source.load(index), "decoded")
-    except (ValueError, TypeError, OSError):
-        return None
+    return source.content_key(index)
 
 
 # ---------------------------------------------------------------- model fingerprint
@@ -138,6 +95,13 @@ def _state_dict_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def model_fingerprint(featurizer, exact: bool = False) -> str:
     """The device-independent part of the key of a fitted featurizer.
 
@@ -147,6 +111,7 @@ def model_fingerprint(featurizer, exact: bool = False) -> str:
     ``exact=True`` identifies the fitted module by its structure and state dict
     alone, for when the parameters may have changed since ``fit``.
     """
+    import PIL
     import torchvision
 
     from . import __version__
@@ -170,6 +135,9 @@ def model_fingerprint(featurizer, exact: bool = False) -> str:
         "sklearn_tl": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        # Decoding (Pillow) and timm models can change between versions.
+        "pillow": PIL.__version__,
+        "timm": _version_of("timm"),
         "backbone": identity,
         # What the fitted module does, not what the parameters say now.
         "layer": featurizer.layer if module is None else module.layer,
@@ -213,6 +181,11 @@ class EmbeddingCache:
     ----------
     location : str or path-like
         The directory; created on the first write. ``~`` is expanded.
+    extra_key : str or None, default=None
+        Mixed into every entry's key. The fingerprint of a ``torch.nn.Module``
+        backbone covers its class, structure (``repr``) and state dict, not
+        plain Python attributes its ``forward`` reads: change ``extra_key``
+        (e.g. to a version string) when such a thing changes.
 
     Attributes
     ----------
@@ -229,26 +202,32 @@ class EmbeddingCache:
     >>> cache.clear()
     """
 
-    def __init__(self, location):
+    def __init__(self, location, *, extra_key=None):
         self.location = os.path.expanduser(os.fspath(location))
+        self.extra_key = extra_key
         self.root = Path(self.location) / SUBDIR
         self._writable = True
         self._shards: set[str] = set()
 
     def __repr__(self):
-        return f"EmbeddingCache({self.location!r})"
+        extra = "" if self.extra_key is None else f", extra_key={self.extra_key!r}"
+        return f"EmbeddingCache({self.location!r}{extra})"
 
     def __eq__(self, other):
-        return isinstance(other, EmbeddingCache) and other.location == self.location
+        return (
+            isinstance(other, EmbeddingCache)
+            and other.location == self.location
+            and other.extra_key == self.extra_key
+        )
 
     def __hash__(self):
-        return hash(self.location)
+        return hash((self.location, self.extra_key))
 
     def __getstate__(self):
-        return {"location": self.location}
+        return {"location": self.location, "extra_key": self.extra_key}
 
     def __setstate__(self, state):
-        self.__init__(state["location"])
+        self.__init__(state["location"], extra_key=state.get("extra_key"))
 
     # -- reporting
 
@@ -331,31 +310,6 @@ class EmbeddingCache:
             return False
         return True
 
-    @contextlib.contextmanager
-    def lock(self, name: str):
-        """Hold an exclusive per-``name`` lock across processes (a no-op where impossible)."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock, so concurrent workers may duplicate work
-            yield
-            return
-        handle = None
-        if self._writable:
-            try:
-                lock_dir = self.root / ".locks"
-                lock_dir.mkdir(parents=True, exist_ok=True)
-                handle = open(lock_dir / name, "a+b")
-            except OSError:
-                handle = None  # read-only: put() will warn and skip writes
-        if handle is None:
-            yield
-            return
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            yield
-        finally:
-            handle.close()  # closing releases the lock
-
     # -- the featurizer's path
 
     def embed(self, source, indices_dataset, fingerprint: bytes, n_features: int, compute) -> np.ndarray:
@@ -365,30 +319,33 @@ class EmbeddingCache:
         ----------
         source : ImageSource
         indices_dataset : callable
-            ``indices -> Dataset`` over those images of ``source``.
+            ``indices -> Dataset`` over those images of ``source``, keyed
+            (items carry the content key of what was decoded).
         fingerprint : bytes
             :func:`runtime_fingerprint` of the model.
         n_features : int
         compute : callable
-            ``Dataset -> ndarray (len, n_features)``, the forward pass.
+            ``(Dataset, on_batch) -> ndarray (len, n_features)``, the forward
+            pass; it calls ``on_batch(positions, rows, keys)`` as each batch
+            finishes, and each finished row is stored at once, so a run stopped
+            by an error (or killed) keeps what it computed.
         """
+        fingerprint = self._salted(fingerprint)
         n = len(source)
         out = np.empty((n, n_features), dtype=np.float32)
         keys: list[str | None] = []
         for index in range(n):
             digest = content_key(source, index)
             keys.append(None if digest is None else _blake(fingerprint, digest).hex())
-
         missing = self._fill(out, keys, range(n), n_features)
-        if not missing:
-            return out
-        lock_name = fingerprint.hex()
-        with self.lock(lock_name):
-            # Another worker may have stored them while this one waited.
-            missing = self._fill(out, keys, missing, n_features, report=False)
-            if missing:
-                self._compute(out, keys, missing, indices_dataset, compute, n_features)
+        if missing:
+            # No lock: workers on disjoint images run side by side; on overlapping
+            # ones they may compute a row twice, and each entry is written atomically.
+            self._compute(out, keys, missing, indices_dataset, compute, n_features, fingerprint)
         return out
+
+    def _salted(self, fingerprint: bytes) -> bytes:
+        return fingerprint if self.extra_key is None else _blake(fingerprint, b"|extra|", self.extra_key.encode())
 
     def _fill(self, out, keys, indices, n_features, report=True) -> list[int]:
         missing, corrupt = [], 0
@@ -409,7 +366,7 @@ class EmbeddingCache:
             )
         return missing
 
-    def _compute(self, out, keys, missing, indices_dataset, compute, n_features):
+    def _compute(self, out, keys, missing, indices_dataset, compute, n_features, fingerprint):
         # Identical images within X are embedded once.
         first_of: dict[str, int] = {}
         todo, copies = [], []
@@ -421,14 +378,18 @@ class EmbeddingCache:
             if key is not None:
                 first_of[key] = index
             todo.append(index)
-        rows = compute(indices_dataset(todo))
+
+        def store(_positions, rows, digests):
+            for row, digest in zip(rows, digests or [None] * len(rows)):
+                if digest is None or not np.isfinite(row).all():
+                    continue  # unreadable image (on_error="warn"): never store its NaN row
+                # The key of what was decoded: a file replaced since the look-up gets its own key.
+                if not self.put(_blake(fingerprint, digest).hex(), row):
+                    return  # not writable: warned once
+
+        rows = compute(indices_dataset(todo), store)
         if rows.shape != (len(todo), n_features):
             raise RuntimeError(f"The backbone gave embeddings of shape {rows.shape}; expected width {n_features}.")
         out[todo] = rows
         for index, original in copies:
             out[index] = out[original]
-        for index, row in zip(todo, rows):
-            if keys[index] is None or not np.isfinite(row).all():
-                continue  # unreadable image (on_error="warn"): never store its NaN row
-            if not self.put(keys[index], row):
-                break  # not writable: warned once

@@ -9,9 +9,10 @@ a collection of image paths that does not fit in one machine's memory.
 from __future__ import annotations
 
 import sys
-import zlib
 
 import numpy as np
+
+from ._engine import dask_worker_gpu, dask_worker_threads  # noqa: F401  (re-exported)
 
 __all__ = ["featurize_dask", "dask_worker_threads", "dask_worker_gpu"]
 
@@ -25,47 +26,6 @@ def _import_dask():
     except ImportError as exc:
         raise ImportError(f"Dask support needs dask and distributed: {DASK_EXTRA_HINT}") from exc
     return dask, da
-
-
-def _current_worker():
-    """The ``distributed`` worker running this code, or None."""
-    if "distributed" not in sys.modules:
-        return None  # not imported, so not inside a worker: skip the costly import
-    from distributed import get_worker
-
-    try:
-        return get_worker()
-    except ValueError:  # not inside a worker
-        return None
-
-
-def dask_worker_threads() -> int | None:
-    """Threads this Dask worker may use (its ``nthreads``), or None outside Dask.
-
-    The engine sets torch's intra-op threads to it, so ``n`` workers with
-    ``threads_per_worker=t`` never run more than ``n * t`` compute threads.
-    """
-    worker = _current_worker()
-    if worker is None:
-        return None
-    state = getattr(worker, "state", worker)
-    return int(getattr(state, "nthreads", 0) or getattr(worker, "nthreads", 0) or 1)
-
-
-def dask_worker_gpu(device_count: int) -> int | None:
-    """The CUDA device index for this Dask worker when several GPUs are visible.
-
-    Workers of a ``LocalCluster`` are named 0, 1, ...; worker ``k`` takes GPU
-    ``k % device_count``, so no two workers share one while there are enough.
-    (``dask_cuda.LocalCUDACluster`` instead shows each worker only its own GPU,
-    which makes this a no-op.)
-    """
-    worker = _current_worker()
-    if worker is None or device_count < 2:
-        return None
-    suffix = str(worker.name).rsplit("-", 1)[-1]
-    index = int(suffix) if suffix.isdigit() else zlib.crc32(str(worker.address).encode())
-    return index % device_count
 
 
 def _transform_partition(featurizer, paths) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from enum import Enum
 from numbers import Integral
 
@@ -16,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
-from ._engine import PRECISIONS, forward_batches, resolve_device, resolve_precision
+from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset, as_image_source
 from ._model import POOLINGS, build_embedder, describe_embedder, fold_batchnorm
 from ._preprocess import ImageTransform
@@ -24,21 +25,27 @@ from ._preprocess import ImageTransform
 __all__ = ["PretrainedCNNFeaturizer"]
 
 
-def _module_device(module: torch.nn.Module) -> torch.device:
-    tensor = next(iter(module.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(module.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def cpu_state(state: dict, module_keys) -> dict:
     """``state`` with the named modules copied to the CPU (device-independent pickles)."""
     state = dict(state)
     for key in module_keys:
         module = state.get(key)
-        if isinstance(module, torch.nn.Module) and _module_device(module).type != "cpu":
+        if isinstance(module, torch.nn.Module) and module_device(module).type != "cpu":
             state[key] = copy.deepcopy(module).cpu()
     return state
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _inference_backbone(built) -> torch.nn.Module:
+    """The built embedder as ``backbone_`` stores it: BatchNorms folded, eval, channels-last.
+
+    Converted here, once, before anyone shares it: inference never converts it
+    again (threads serving one fitted model run it side by side).
+    """
+    module = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
+    return for_inference(module)
 
 
 class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -80,8 +87,9 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         runs on a CPU-only machine.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast dtype. ``"auto"``: fp16 on CUDA (a batch that overflows is
-        redone in fp32), bf16 on CPUs with native bf16 support, float32
-        otherwise. Output is always float32.
+        redone in fp32), float32 on the CPU whatever the CPU (bf16, even
+        native, lost too much fidelity: an explicit choice). Output is always
+        float32.
     num_workers : int, default=0
         DataLoader worker processes decoding and resizing images in parallel.
     compile : bool, default=False
@@ -223,9 +231,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         built = describe_embedder(*self._build_args[:5]) if self.cache is not None else None
         if built is None:
             built = build_embedder(*self._build_args[:5], seed=seed)
-            self._backbone = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
+            self._backbone = _inference_backbone(built)
         else:
             self._backbone = None
+        self._compiled = {}  # torch.compile graphs of this fit, per device (never pickled)
         self.data_config_ = built.data_config
         self.n_features_out_ = built.n_features
         self.weights_ = built.weights.name
@@ -252,7 +261,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         store = as_embedding_cache(self.cache)
         device = resolve_device(self.device)
 
-        def embed(images):
+        def embed(images, on_batch=None):
             return forward_batches(
                 self.backbone_,
                 images,
@@ -263,7 +272,8 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 progress=self.progress,
                 n_features=self.n_features_out_,
                 compile=self.compile,
-                compiled_modules=self.__dict__.setdefault("_compiled", {}),
+                compiled_modules=self.__dict__.get("_compiled"),
+                on_batch=on_batch,
             )
 
         if store is None:
@@ -271,9 +281,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         # cache set after fit (set_params): identify the fitted module itself, without storing it
         static = getattr(self, "_cache_fingerprint", None) or model_fingerprint(self, exact=True)
         fingerprint = runtime_fingerprint(static, device, resolve_precision(self.precision, device))
+        keyed = ImageDataset(source, dataset.transform, on_error=self.on_error, keyed=True)
         return store.embed(
             source,
-            lambda indices: torch.utils.data.Subset(dataset, indices),
+            lambda indices: torch.utils.data.Subset(keyed, indices),
             fingerprint,
             self.n_features_out_,
             embed,
@@ -285,14 +296,16 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         if self.__dict__.get("_backbone") is None:
             if "_build_args" not in self.__dict__:
                 raise AttributeError("'PretrainedCNNFeaturizer' object has no attribute 'backbone_' (not fitted)")
-            *args, seed = self._build_args  # the parameters of fit, whatever set_params did since
-            built = build_embedder(*args, seed=seed)
-            if built.weights.sha256 != self.weights_sha256_:
-                raise ValueError(
-                    f"The weights file of {self.weights_!r} changed since fit (sha256 {self.weights_sha256_} "
-                    f"then, {built.weights.sha256} now); fit again."
-                )
-            self._backbone = fold_batchnorm(built.module, built.data_config.crop_size, built.data_config.min_size)
+            with _BUILD_LOCK:  # threads sharing a lazily built featurizer build it once
+                if self.__dict__.get("_backbone") is None:
+                    *args, seed = self._build_args  # the parameters of fit, whatever set_params did since
+                    built = build_embedder(*args, seed=seed)
+                    if built.weights.sha256 != self.weights_sha256_:
+                        raise ValueError(
+                            f"The weights file of {self.weights_!r} changed since fit (sha256 "
+                            f"{self.weights_sha256_} then, {built.weights.sha256} now); fit again."
+                        )
+                    self._backbone = _inference_backbone(built)
         return self._backbone
 
     def _built_backbone(self):
@@ -309,6 +322,11 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         state = cpu_state(super().__getstate__(), ["_backbone"])
         state.pop("_compiled", None)  # compiled graphs are rebuilt where the model runs
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_build_args" in self.__dict__:
+            self._compiled = {}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -17,6 +17,8 @@ is copied before it is touched.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import struct
 from typing import NamedTuple
@@ -29,6 +31,7 @@ __all__ = [
     "ImageSource",
     "ImageDataset",
     "ImageReadError",
+    "KeyedBatch",
     "LoadFailure",
     "PartialBatch",
     "as_image_source",
@@ -134,17 +137,35 @@ def _shrink_for(image: Image.Image, min_side) -> Image.Image:
     return image.reduce(factor) if factor >= 2 else image
 
 
-def read_image_file(path, index=None, min_side=None) -> torch.Tensor:
-    """Decode one image file; errors name the file and its index.
+def _where(path, index) -> str:
+    return f"image file {str(path)!r}" + (f" (index {index})" if index is not None else "")
+
+
+def _read_error(exc, path, index) -> ImageReadError:
+    reason = "not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
+    return ImageReadError(f"Cannot read {_where(path, index)}: {reason}", index=index, path=str(path))
+
+
+def read_file_bytes(path, index=None) -> bytes:
+    """The bytes of an image file; a missing or unreadable file raises :class:`ImageReadError`."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise _read_error(exc, path, index) from exc
+
+
+def read_image_file(path, index=None, min_side=None, data: bytes | None = None) -> torch.Tensor:
+    """Decode one image file (or its ``data``, already read); errors name the file and its index.
 
     ``min_side`` (the length the shorter side will be resized to) lets large
     images be decoded at reduced scale: JPEG's DCT scaling through ``draft``,
     an integer ``reduce`` for other formats. Pillow's decompression-bomb limit
     (``Image.MAX_IMAGE_PIXELS``) stays in force.
     """
-    where = f"image file {str(path)!r}" + (f" (index {index})" if index is not None else "")
+    where = _where(path, index)
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             if min_side and image.format == "JPEG":
                 side = 2 * int(min_side)
                 scale = min(image.size) / side
@@ -154,8 +175,34 @@ def read_image_file(path, index=None, min_side=None) -> torch.Tensor:
             return pil_to_tensor(_shrink_for(image, min_side), where)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError,
             EOFError, struct.error) as exc:  # what Pillow and pil_to_tensor raise for a bad file
-        reason = "not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
-        raise ImageReadError(f"Cannot read {where}: {reason}", index=index, path=str(path)) from exc
+        raise _read_error(exc, path, index) from exc
+
+
+# Content digests: what the embedding cache keys a row on. They live beside the
+# sources so that a key is computed from exactly what is decoded (see load_keyed).
+
+
+def _blake(*parts: bytes) -> bytes:
+    digest = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+def file_digest(data: bytes) -> bytes:
+    return _blake(b"file|", data)
+
+
+def array_digest(array: np.ndarray, tag: str) -> bytes:
+    array = np.ascontiguousarray(array)
+    return _blake(f"{tag}|{array.dtype.str}|{array.shape}|".encode(), memoryview(array).cast("B"))
+
+
+def tensor_digest(tensor: torch.Tensor, tag: str) -> bytes:
+    tensor = tensor.detach().cpu().contiguous()
+    header = f"{tag}|{tensor.dtype}|{tuple(tensor.shape)}|".encode()
+    # A uint8 view serialises any dtype (bfloat16 included) without conversion.
+    return _blake(header, tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 class ImageSource:
@@ -170,6 +217,18 @@ class ImageSource:
 
     def path(self, index: int):
         return None
+
+    def content_key(self, index: int) -> bytes | None:
+        """A digest of image ``index`` that depends only on its content (None: cannot be keyed)."""
+        try:
+            return self.load_keyed(index)[1]
+        except (ValueError, TypeError, OSError):
+            return None  # unreadable: the forward pass reports the error
+
+    def load_keyed(self, index: int, min_side=None) -> tuple[torch.Tensor, bytes | None]:
+        """``(image, content key)``, the key computed from exactly what was decoded."""
+        image = self.load(index, min_side)
+        return image, tensor_digest(image, "decoded")
 
 
 class ArraySource(ImageSource):
@@ -193,6 +252,17 @@ class ArraySource(ImageSource):
             image = image.unsqueeze(0 if self.channels_first else -1)
         return _drop_alpha(image, f"X[{index}]") if self.channels_first else _hwc_to_chw(image, f"X[{index}]")
 
+    def _item_key(self, index):
+        item = self.array[index]
+        tag = "array-chw" if self.channels_first else "array-hwc"
+        return tensor_digest(item, tag) if isinstance(item, torch.Tensor) else array_digest(np.asarray(item), tag)
+
+    def content_key(self, index):
+        return self._item_key(index)
+
+    def load_keyed(self, index, min_side=None):
+        return self.load(index, min_side), self._item_key(index)
+
 
 class ListSource(ImageSource):
     """A list of PIL images, arrays, tensors or paths; each checked when loaded."""
@@ -206,6 +276,33 @@ class ListSource(ImageSource):
     def path(self, index):
         item = self.items[index]
         return os.fspath(item) if _is_path(item) else None
+
+    def content_key(self, index):
+        item = self.items[index]
+        if _is_path(item):
+            try:
+                return file_digest(read_file_bytes(os.fspath(item), index))
+            except ImageReadError:
+                return None  # unreadable: the forward pass reports the error
+        if isinstance(item, np.ndarray):
+            return array_digest(item, "list-hwc")
+        if isinstance(item, torch.Tensor):
+            return tensor_digest(item, "list-chw")
+        if not isinstance(item, Image.Image):
+            return None  # not an image: the forward pass raises the usual TypeError
+        return super().content_key(index)  # PIL: the decoded pixels (mode, palette, EXIF applied)
+
+    def load_keyed(self, index, min_side=None):
+        item = self.items[index]
+        if _is_path(item):
+            # Read once, hash, decode those bytes: a file replaced meanwhile cannot
+            # give one content's embedding under another content's key.
+            path = os.fspath(item)
+            data = read_file_bytes(path, index)
+            return read_image_file(path, index, min_side, data=data), file_digest(data)
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            return self.load(index, min_side), self.content_key(index)
+        return super().load_keyed(index, min_side)
 
     def load(self, index, min_side=None):
         item = self.items[index]
@@ -340,19 +437,36 @@ class PartialBatch(NamedTuple):
     failures: list
 
 
+class KeyedImage(NamedTuple):
+    """An item of a keyed :class:`ImageDataset`: the image (or its LoadFailure) and its content key."""
+
+    image: object
+    key: bytes | None
+
+
+class KeyedBatch(NamedTuple):
+    """A collated batch of keyed items: ``images`` (a tensor or PartialBatch) and one key per item."""
+
+    images: object
+    keys: list
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A torch ``Dataset`` over an :class:`ImageSource`: preprocessed RGB images.
 
     Items are ``image`` or ``(image, target)`` when ``targets`` is given. With
     ``on_error="warn"``, an unreadable file gives a :class:`LoadFailure` instead
-    of raising, so one bad file does not stop a long run.
+    of raising, so one bad file does not stop a long run. ``keyed=True`` makes
+    each item a :class:`KeyedImage` carrying the content key of exactly the
+    data that was decoded (the embedding cache stores rows under it).
     """
 
-    def __init__(self, source: ImageSource, transform, targets=None, on_error="raise"):
+    def __init__(self, source: ImageSource, transform, targets=None, on_error="raise", keyed=False):
         self.source = source
         self.transform = transform
         self.targets = targets
         self.on_error = on_error
+        self.keyed = keyed
         config = getattr(transform, "config", None)
         self._min_side = getattr(config, "resize_size", None)
 
@@ -360,14 +474,22 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, index):
+        key = None
         try:
-            image = self.transform(self.source.load(index, self._min_side))
+            if self.keyed:
+                image, key = self.source.load_keyed(index, self._min_side)
+            else:
+                image = self.source.load(index, self._min_side)
+            image = self.transform(image)
         except ImageReadError as exc:
             if self.on_error == "raise":
                 raise
-            return LoadFailure(index, str(exc))
+            failure = LoadFailure(index, str(exc))
+            return KeyedImage(failure, None) if self.keyed else failure
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
+        if self.keyed:
+            return KeyedImage(image, key)
         if self.targets is None:
             return image
         return image, self.targets[index]
@@ -382,8 +504,11 @@ def _stack(images):
 def collate_images(batch):
     """Stack images (and targets); mixed uint8/float batches become float.
 
-    A batch holding :class:`LoadFailure` items becomes a :class:`PartialBatch`.
+    A batch holding :class:`LoadFailure` items becomes a :class:`PartialBatch`;
+    one of :class:`KeyedImage` items a :class:`KeyedBatch`.
     """
+    if isinstance(batch[0], KeyedImage):
+        return KeyedBatch(collate_images([item.image for item in batch]), [item.key for item in batch])
     if isinstance(batch[0], tuple) and not isinstance(batch[0], LoadFailure):
         images, targets = zip(*batch)
         return collate_images(list(images)), torch.as_tensor(np.asarray(targets))

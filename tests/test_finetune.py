@@ -562,7 +562,10 @@ def test_sklearn_compatible(estimator, check):
 
 class TestEvidence:
     def test_pretrained_beats_random_init_on_digits(self, digits):
-        """Same network, data, budget (3 epochs, 320 images, CPU): ImageNet weights win clearly."""
+        """Same network, data, budget (5 epochs, 320 images, CPU, fp32): ImageNet weights win clearly.
+
+        (At 3 epochs fp32 scored 0.71-0.78 depending on the CPU's kernels: too near the bound.)
+        """
         X, y = digits
         train, test = slice(0, 320), slice(320, 640)
         scores = {}
@@ -571,7 +574,7 @@ class TestEvidence:
                 "mobilenet_v2",
                 weights=weights,
                 image_size=32,
-                max_epochs=3,
+                max_epochs=5,
                 unfreeze_after=0,
                 backbone_lr_scale=1.0,
                 augment=False,
