@@ -122,11 +122,43 @@ def _major_minor(version: str) -> tuple[int, int]:
         return (0, 0)
 
 
+# Header field -> the types it may have; a file whose header breaks this is no model file of ours.
+_HEADER_TYPES = {
+    "versions": (dict,),
+    "estimator": (str,),
+    "classes": (list, type(None)),
+    "preprocessing": (dict,),
+}
+
+
+def _check_header_shape(header, path) -> None:
+    """Raise :class:`ModelFileError` unless ``header`` has the fields and types save_model writes."""
+    def malformed(problem):
+        return ModelFileError(
+            f"{path} has a malformed header ({problem}); the file was altered or is no sklearn_tl model file."
+        )
+
+    if not isinstance(header, dict):
+        raise malformed(f"a {type(header).__name__}, not a dict")
+    for field, types in _HEADER_TYPES.items():
+        if field not in header:
+            raise malformed(f"no {field!r} field")
+        if not isinstance(header[field], types):
+            raise malformed(f"{field!r} is a {type(header[field]).__name__}")
+    versions = header["versions"]
+    if not isinstance(versions.get("sklearn_tl"), str):
+        raise malformed("no sklearn_tl version")
+    wrong = sorted(str(k) for k, v in versions.items() if not isinstance(v, str))
+    if wrong:
+        raise malformed(f"the versions of {', '.join(wrong)} are not strings")
+
+
 def check_header(header: dict, path="model") -> None:
     """Raise :class:`ModelFileError` or warn :class:`ModelVersionWarning` for an incompatible header."""
-    saved = header.get("versions", {})
+    _check_header_shape(header, path)
+    saved = header["versions"]
     here = _versions()
-    saved_tl, here_tl = saved.get("sklearn_tl", "0"), here["sklearn_tl"]
+    saved_tl, here_tl = saved["sklearn_tl"], here["sklearn_tl"]
     if _major_minor(saved_tl)[0] != _major_minor(here_tl)[0]:
         raise ModelFileError(
             f"{path} was saved by sklearn_tl {saved_tl}, which is incompatible with the installed "
@@ -156,9 +188,10 @@ def load_model(path, *, return_header: bool = False):
     Raises
     ------
     ModelFileError
-        The file is missing, unreadable, not an sklearn_tl model file, saved by
-        an sklearn_tl of another major version, or its preprocessing does not
-        match its header.
+        The file is missing, unreadable or truncated, not an sklearn_tl model
+        file, has a malformed header, was saved by an sklearn_tl of another
+        major version, or its preprocessing does not match its header. The
+        message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -174,11 +207,15 @@ def load_model(path, *, return_header: bool = False):
             "it is corrupt, truncated or not a joblib file."
         ) from exc
     if not (isinstance(content, dict) and content.get("format") == FORMAT and "model" in content):
+        if isinstance(content, dict) and content.get("format") == FORMAT:
+            raise ModelFileError(f"{str(path)!r} is an sklearn_tl model file without its model; it was altered.")
         raise ModelFileError(
             f"{str(path)!r} is not an sklearn_tl model file (write one with `sklearn-tl train` or "
             "sklearn_tl.save_model)."
         )
-    header, model = content["header"], content["model"]
+    header, model = content.get("header"), content["model"]
+    if "header" not in content:
+        raise ModelFileError(f"{str(path)!r} has no header; the file was altered or is no sklearn_tl model file.")
     check_header(header, repr(str(path)))
     if preprocessing_fingerprint(model) != header.get("preprocessing"):
         raise ModelFileError(
