@@ -6,9 +6,12 @@ Supported inputs
 - flattened images ``(n, H*W*C)`` together with ``image_shape``;
 - torch tensors ``(n, C, H, W)`` or ``(n, H, W)``;
 - lists of PIL images, of arrays ``(H, W[, C])`` or tensors ``(C, H, W)`` of
-  any sizes, or of file paths (``str`` / ``pathlib.Path``), also as a 1-D array.
+  any sizes, or of file paths (``str`` / ``pathlib.Path``), also as a 1-D array,
+  a pandas Series or a one-column DataFrame / ``(n, 1)`` array.
 
-uint8 (and other integer) images must lie in [0, 255], float images in [0, 1].
+uint8 (and other integer) images must lie in [0, 255], float images in [0, 1],
+unless ``value_range=(low, high)`` says the range of array values (then mapped
+to [0, 1]).
 Grayscale stays one channel until after resizing (then it is repeated),
 RGBA drops its alpha channel. Files are decoded lazily, one at a time, with
 EXIF orientation applied. Nothing the caller passes is modified: every image
@@ -50,13 +53,38 @@ class ImageReadError(ValueError):
         self.path = path
 
 
-def _check_values(array, what):
-    """Validate dtype and value range; return the dtype images will have."""
+def check_value_range(value_range):
+    """``None`` or a ``(low, high)`` pair of finite numbers with low < high, as floats."""
+    if value_range is None:
+        return None
+    try:
+        low, high = value_range
+        valid = not isinstance(low, bool) and not isinstance(high, bool)
+        low, high = float(low), float(high)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"value_range must be None or a (low, high) pair of numbers with low < high; got {value_range!r}.")
+    return low, high
+
+
+def _check_values(array, what, value_range=None):
+    """Validate dtype and value range (``value_range``, or the uint8/float defaults)."""
     if array.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {what} has dtype {array.dtype}.")
     if array.dtype == bool or array.dtype.kind not in "uif":
         raise ValueError(f"{what} has dtype {array.dtype}; images must be uint8 in [0, 255] or float in [0, 1].")
     if array.size == 0:
+        return
+    if value_range is not None:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"{what} contains NaN or infinity.")
+        low, high = float(array.min()), float(array.max())
+        if low < value_range[0] or high > value_range[1]:
+            raise ValueError(
+                f"{what} has values in [{low:g}, {high:g}], outside value_range=({value_range[0]:g}, "
+                f"{value_range[1]:g}); pass the range the data can take."
+            )
         return
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
@@ -67,7 +95,8 @@ def _check_values(array, what):
         if high > 1.0:
             raise ValueError(
                 f"{what} is float with maximum {high:g}; float images must be in [0, 1] "
-                "(divide by the maximum value, e.g. X / 255 or X / 16 for load_digits)."
+                "(divide by the maximum value, e.g. X / 255, or say the range: value_range=(0, 16) "
+                "for load_digits)."
             )
     elif array.dtype != np.uint8:
         low, high = int(array.min()), int(array.max())
@@ -80,8 +109,12 @@ def _check_values(array, what):
             )
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """A fresh (copied) tensor: uint8 stays uint8, the rest becomes float32."""
+def _to_tensor(array: np.ndarray, value_range=None) -> torch.Tensor:
+    """A fresh (copied) tensor: uint8 stays uint8, the rest becomes float32; a value_range maps to [0, 1]."""
+    if value_range is not None:
+        low, high = value_range
+        scaled = (np.asarray(array, dtype=np.float64) - low) / (high - low)
+        return torch.tensor(np.clip(scaled, 0.0, 1.0), dtype=torch.float32)  # clip: float rounding only
     if array.dtype == np.uint8:
         return torch.tensor(array)
     if array.dtype.kind in "ui":
@@ -234,20 +267,23 @@ class ImageSource:
 class ArraySource(ImageSource):
     """A numpy array ``(n, H, W[, C])`` or a tensor ``(n, C, H, W)``."""
 
-    def __init__(self, array, channels_first: bool):
+    def __init__(self, array, channels_first: bool, value_range=None):
         self.array = array
         self.channels_first = channels_first
+        self.value_range = value_range
 
     def __len__(self):
         return len(self.array)
 
     def load(self, index, min_side=None):
         item = self.array[index]
-        if isinstance(item, torch.Tensor):
+        if isinstance(item, torch.Tensor) and self.value_range is not None:
+            image = _to_tensor(_tensor_to_numpy(item), self.value_range)
+        elif isinstance(item, torch.Tensor):
             image = item.detach().to("cpu", copy=True)
             image = image.float() if image.is_floating_point() else image.to(torch.uint8)
         else:
-            image = _to_tensor(np.asarray(item))
+            image = _to_tensor(np.asarray(item), self.value_range)
         if image.ndim == 2:
             image = image.unsqueeze(0 if self.channels_first else -1)
         return _drop_alpha(image, f"X[{index}]") if self.channels_first else _hwc_to_chw(image, f"X[{index}]")
@@ -267,8 +303,9 @@ class ArraySource(ImageSource):
 class ListSource(ImageSource):
     """A list of PIL images, arrays, tensors or paths; each checked when loaded."""
 
-    def __init__(self, items):
+    def __init__(self, items, value_range=None):
         self.items = items
+        self.value_range = value_range
 
     def __len__(self):
         return len(self.items)
@@ -307,22 +344,26 @@ class ListSource(ImageSource):
     def load(self, index, min_side=None):
         item = self.items[index]
         what = f"X[{index}]"
+        if self.value_range is not None and (_is_path(item) or isinstance(item, Image.Image)):
+            # Decoded files and PIL images have a known range; never rescale them silently.
+            raise ValueError(f"{what} is a {'path' if _is_path(item) else 'PIL image'}; value_range applies "
+                             "to arrays and tensors only.")
         if _is_path(item):
             return read_image_file(os.fspath(item), index, min_side)
         if isinstance(item, Image.Image):
             return pil_to_tensor(item, what)
         if isinstance(item, torch.Tensor):
             array = _tensor_to_numpy(item)
-            _check_values(array, what)
-            image = _to_tensor(array)
+            _check_values(array, what, self.value_range)
+            image = _to_tensor(array, self.value_range)
             if image.ndim == 2:
                 image = image.unsqueeze(0)
             if image.ndim != 3:
                 raise ValueError(f"{what} is a tensor with {image.ndim} dimensions; expected (C, H, W).")
             return _drop_alpha(image, what)
         if isinstance(item, np.ndarray):
-            _check_values(item, what)
-            return _hwc_to_chw(_to_tensor(item), what)
+            _check_values(item, what, self.value_range)
+            return _hwc_to_chw(_to_tensor(item, self.value_range), what)
         raise TypeError(
             f"{what} is a {type(item).__name__}; list items must be PIL images, arrays (H, W[, C]), "
             "tensors (C, H, W) or file paths."
@@ -333,12 +374,35 @@ def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
-def as_image_source(X, image_shape=None) -> ImageSource:
+def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     """Adapt ``X`` to an :class:`ImageSource`, validating what is cheap to check.
+
+    Parameters
+    ----------
+    X : images
+        See the module docstring. A one-column DataFrame or ``(n, 1)`` array
+        of paths (what ``ColumnTransformer`` passes for ``["path"]``) is a list
+        of paths.
+    image_shape : tuple, default=None
+        ``(H, W)`` or ``(H, W, C)`` of flattened 2-D ``X``.
+    value_range : (low, high), default=None
+        The range array values can take, mapped to [0, 1] as
+        ``(x - low) / (high - low)``, e.g. ``(0, 16)`` for ``load_digits``.
+        ``None``: integers in [0, 255], floats in [0, 1].
 
     Raises ``ValueError`` / ``TypeError`` naming the problem for empty input,
     wrong dimensions, unsupported channel counts, NaN/inf or out-of-range values.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> X = load_digits().data  # floats 0..16, flattened 8x8
+    >>> source = as_image_source(X, image_shape=(8, 8), value_range=(0, 16))
+    >>> image = source.load(0)
+    >>> tuple(image.shape), float(image.max())
+    ((1, 8, 8), 0.9375)
     """
+    value_range = check_value_range(value_range)
     if isinstance(X, ImageSource):
         return X
     if isinstance(X, (str, os.PathLike)):
@@ -355,24 +419,28 @@ def as_image_source(X, image_shape=None) -> ImageSource:
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
-        return ListSource(list(X))
+        return ListSource(list(X), value_range)
     if isinstance(X, torch.Tensor):
-        return _tensor_source(X)
+        return _tensor_source(X, value_range)
     if not isinstance(X, np.ndarray):
         raise TypeError(
             f"X is a {type(X).__name__}; expected a numpy array, a torch tensor, or a list of "
             "PIL images, arrays or file paths."
         )
     if X.dtype.kind in "OUS":
+        if X.ndim == 2 and X.shape[1] == 1:
+            X = X[:, 0]  # one column of paths, as ColumnTransformer passes ["path"]
         if X.ndim != 1:
-            raise ValueError(f"X holds {X.dtype} values in {X.ndim} dimensions; a list of paths is 1-D.")
+            raise ValueError(
+                f"X holds {X.dtype} values in shape {X.shape}; paths are a list, a 1-D array or one column."
+            )
         if X.size == 0:
             raise ValueError("X is empty: at least one image is required.")
         items = [str(x) if isinstance(x, (bytes, np.str_)) else x for x in X.tolist()]
-        return ListSource(items)
+        return ListSource(items, value_range)
     if X.ndim == 0 or X.shape[0] == 0:
         raise ValueError(f"X is empty: found 0 sample(s) (shape {X.shape}); at least one image is required.")
-    _check_values(X, "X")
+    _check_values(X, "X", value_range)
     if X.ndim == 2:
         if image_shape is None:
             raise ValueError(
@@ -396,10 +464,10 @@ def as_image_source(X, image_shape=None) -> ImageSource:
             f"X has {X.ndim} dimension(s) {X.shape}; expected (n, H, W), (n, H, W, C), "
             "flattened (n, H*W*C) with image_shape, or a list of images or paths."
         )
-    return ArraySource(X, channels_first=False)
+    return ArraySource(X, channels_first=False, value_range=value_range)
 
 
-def _tensor_source(X: torch.Tensor) -> ArraySource:
+def _tensor_source(X: torch.Tensor, value_range=None) -> ArraySource:
     if X.ndim not in (3, 4):
         raise ValueError(f"X is a tensor of shape {tuple(X.shape)}; expected (n, C, H, W) or (n, H, W).")
     if X.shape[0] == 0:
@@ -408,8 +476,8 @@ def _tensor_source(X: torch.Tensor) -> ArraySource:
         raise ValueError(
             f"X is a tensor of shape {tuple(X.shape)}; channels (axis 1) must be 1, 3 or 4 (N, C, H, W)."
         )
-    _check_values(_tensor_to_numpy(X), "X")
-    return ArraySource(X, channels_first=True)
+    _check_values(_tensor_to_numpy(X), "X", value_range)
+    return ArraySource(X, channels_first=True, value_range=value_range)
 
 
 def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sklearn_tl import (
@@ -199,3 +200,153 @@ def test_peak_memory_does_not_grow_with_the_number_of_paths(tmp_path, crops):
         peaks[n] = int(out.stdout.split()[-1]) / 1024  # MiB
     # Holding 500 decoded 320x240 photos would add ~110 MiB; streaming adds ~nothing.
     assert peaks[500] - peaks[50] < 30, peaks
+
+
+class TestPathColumn:
+    """A column of paths, as ``ColumnTransformer([..., ["path"]])`` passes it."""
+
+    @pytest.fixture
+    def png_paths(self, tmp_path, crops):
+        paths = []
+        for i, crop in enumerate(crops[:4]):
+            Image.fromarray(crop).save(tmp_path / f"img{i}.png")
+            paths.append(str(tmp_path / f"img{i}.png"))
+        return paths
+
+    def test_column_transformer_with_pandas_output(self, png_paths):
+        import pandas as pd
+        from sklearn.compose import ColumnTransformer
+
+        frame = pd.DataFrame({"path": png_paths, "size_kb": [1.0, 2.0, 3.0, 4.0]}, index=[10, 11, 12, 13])
+        columns = ColumnTransformer([("img", tiny(), ["path"])], remainder="passthrough")
+        out = columns.set_output(transform="pandas").fit_transform(frame)
+        assert isinstance(out, pd.DataFrame)
+        assert out.shape == (4, 512 + 1)
+        assert list(out.index) == [10, 11, 12, 13]
+        assert out.columns[0] == "img__pretrainedcnnfeaturizer0" and out.columns[-1] == "remainder__size_kb"
+        expected = tiny().fit_transform(png_paths)
+        np.testing.assert_allclose(out.iloc[:, :512].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+    def test_one_column_frame_and_n_by_1_array_are_lists_of_paths(self, png_paths):
+        import pandas as pd
+
+        from sklearn_tl._images import as_image_source
+
+        as_column = np.asarray(png_paths, dtype=object).reshape(-1, 1)
+        for X in (pd.DataFrame({"path": png_paths}), as_column, as_column.astype(str)):
+            source = as_image_source(X)
+            assert [source.path(i) for i in range(len(source))] == png_paths
+        featurizer = tiny().fit(as_column)
+        np.testing.assert_allclose(featurizer.transform(as_column), featurizer.transform(png_paths), rtol=1e-6)
+
+    def test_two_columns_of_paths_are_refused(self, png_paths):
+        import pandas as pd
+
+        from sklearn_tl._images import as_image_source
+
+        with pytest.raises(ValueError, match=r"shape \(4, 2\).*one column"):
+            as_image_source(pd.DataFrame({"a": png_paths, "b": png_paths}))
+
+
+class TestValueRange:
+    """``as_image_source(X, value_range=(low, high))`` maps array values to [0, 1]."""
+
+    @staticmethod
+    def images(source):
+        return [source.load(i) for i in range(len(source))]
+
+    def test_flattened_digits(self):
+        from sklearn.datasets import load_digits
+
+        from sklearn_tl._images import as_image_source
+
+        X = load_digits().data[:20]
+        before = X.copy()
+        with pytest.raises(ValueError, match="value_range"):  # today's rule stays, with a pointer
+            as_image_source(X, image_shape=(8, 8))
+        images = self.images(as_image_source(X, image_shape=(8, 8), value_range=(0, 16)))
+        assert all(image.dtype == torch.float32 and image.shape == (1, 8, 8) for image in images)
+        np.testing.assert_allclose(np.stack([im[0].numpy() for im in images]), X.reshape(-1, 8, 8) / 16, atol=1e-7)
+        np.testing.assert_array_equal(X, before)  # the caller's array is not modified
+
+    @pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.float32, np.float64])
+    def test_arrays_of_any_numeric_dtype(self, dtype):
+        from sklearn_tl._images import as_image_source
+
+        X = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3).astype(dtype) * 40 + 100  # 100 .. 3860
+        before = X.copy()
+        images = self.images(as_image_source(X, value_range=(100, 3900)))
+        expected = (X.astype(np.float64) - 100) / 3800
+        np.testing.assert_allclose(np.stack([im.permute(1, 2, 0).numpy() for im in images]), expected, atol=1e-6)
+        np.testing.assert_array_equal(X, before)
+
+    def test_negative_floats_tensors_and_lists(self):
+        from sklearn_tl._images import as_image_source
+
+        X = np.linspace(-1, 1, 2 * 3 * 5 * 5).reshape(2, 3, 5, 5)  # e.g. images normalised to [-1, 1]
+        tensor = torch.tensor(X, dtype=torch.float32)
+        from_tensor = self.images(as_image_source(tensor, value_range=(-1, 1)))
+        from_list = self.images(as_image_source([x.transpose(1, 2, 0) for x in X], value_range=(-1.0, 1.0)))
+        for image, list_image, x in zip(from_tensor, from_list, X):
+            np.testing.assert_allclose(image.numpy(), (x + 1) / 2, atol=1e-6)
+            np.testing.assert_allclose(list_image.numpy(), (x + 1) / 2, atol=1e-6)
+        assert torch.equal(tensor, torch.tensor(X, dtype=torch.float32))
+
+    def test_image_dataset_gives_the_same_items_as_prescaled_input(self):
+        from sklearn_tl._images import ImageDataset, as_image_source
+        from sklearn_tl._preprocess import DataConfig, ImageTransform
+
+        rng = np.random.default_rng(0)
+        X = rng.integers(0, 1024, (3, 20, 24, 3))  # 10-bit images
+        transform = ImageTransform(DataConfig(crop_size=16, resize_size=18))
+        ranged = ImageDataset(as_image_source(X, value_range=(0, 1023)), transform)
+        prescaled = ImageDataset(as_image_source(X / 1023), transform)
+        for i in range(3):
+            assert ranged[i].shape == (3, 16, 16)
+            torch.testing.assert_close(ranged[i], prescaled[i], rtol=1e-5, atol=1e-6)
+
+    @pytest.mark.parametrize(
+        "X, value_range",
+        [
+            (np.full((2, 8, 8), 17.0), (0, 16)),
+            (np.full((2, 8, 8), -0.5), (0, 16)),
+            (np.full((2, 8, 8), 300, np.int32), (0, 255)),
+            (torch.full((2, 3, 8, 8), 2.0), (-1, 1)),
+        ],
+    )
+    def test_values_outside_the_range_name_it(self, X, value_range):
+        from sklearn_tl._images import as_image_source
+
+        low, high = value_range
+        with pytest.raises(ValueError, match=rf"outside value_range=\({low:g}, {high:g}\)"):
+            as_image_source(X, value_range=value_range)
+
+    def test_list_items_outside_the_range_name_the_item(self):
+        from sklearn_tl._images import as_image_source
+
+        source = as_image_source([np.zeros((4, 4)), np.full((4, 4), 20.0)], value_range=(0, 16))
+        source.load(0)
+        with pytest.raises(ValueError, match=r"X\[1\] has values in \[20, 20\], outside value_range=\(0, 16\)"):
+            source.load(1)
+
+    @pytest.mark.parametrize("value_range", [(1, 1), (2, 1), (0,), (0, 1, 2), "ab", (0, np.nan), (0, np.inf),
+                                             (False, True), 16])
+    def test_invalid_value_range(self, value_range):
+        from sklearn_tl._images import as_image_source
+
+        with pytest.raises(ValueError, match="value_range must be None or a \\(low, high\\) pair"):
+            as_image_source(np.zeros((2, 8, 8)), value_range=value_range)
+
+    def test_nan_is_refused_with_a_range(self):
+        from sklearn_tl._images import as_image_source
+
+        with pytest.raises(ValueError, match="NaN"):
+            as_image_source(np.full((2, 8, 8), np.nan), value_range=(0, 16))
+
+    def test_paths_and_pil_images_are_not_rescaled(self, tmp_path, crops):
+        from sklearn_tl._images import as_image_source
+
+        Image.fromarray(crops[0]).save(tmp_path / "a.png")
+        for X in ([str(tmp_path / "a.png")], [Image.fromarray(crops[0])]):
+            with pytest.raises(ValueError, match="value_range applies to arrays and tensors only"):
+                as_image_source(X, value_range=(0, 16)).load(0)
