@@ -64,7 +64,9 @@ def check_value_range(value_range):
     except (TypeError, ValueError):
         valid = False
     if not valid or not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise ValueError(f"value_range must be None or a (low, high) pair of numbers with low < high; got {value_range!r}.")
+        raise ValueError(
+            f"value_range must be None or a (low, high) pair of numbers with low < high; got {value_range!r}."
+        )
     return low, high
 
 
