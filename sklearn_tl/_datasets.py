@@ -1,4 +1,4 @@
-"""Image data sets: a folder loader and a small real data set that ships offline."""
+"""Image data sets: folder loaders, image lists, and a small real data set that ships offline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "load_textures"]
+__all__ = ["IMAGE_EXTENSIONS", "collect_images", "load_image_folder", "load_textures", "read_image_list"]
 
 #: File endings read as images (case-insensitive): what Pillow decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -90,6 +90,85 @@ def load_image_folder(path, extensions=IMAGE_EXTENSIONS, return_X_y: bool = Fals
     if return_X_y:
         return filenames, target
     return Bunch(filenames=filenames, target=target, target_names=classes, n_skipped=len(skipped), skipped=skipped)
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path``'s ending is one of :data:`IMAGE_EXTENSIONS`."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _has_class_folders(directory: Path) -> bool:
+    return any(p.is_dir() and not p.name.startswith(".") for p in directory.iterdir())
+
+
+def collect_images(inputs) -> tuple[list[str], list[str] | None]:
+    """Image paths (and class names, for ``root/<class>/<image>`` folders) from folders, files and lists.
+
+    Each input is a folder (with class sub-folders: :func:`load_image_folder`;
+    without: its image files), an image file, or a text file listing one path a
+    line (:func:`read_image_list`). Labels are ``None`` unless a class folder
+    was given.
+
+    Raises
+    ------
+    FileNotFoundError
+        An input does not exist.
+    ValueError
+        A folder or list holds no images, or nothing was given.
+    """
+    paths, labels = [], []
+    for raw in inputs:
+        item = Path(raw).expanduser()
+        if item.is_dir():
+            if _has_class_folders(item):
+                data = load_image_folder(item)
+                paths.extend(str(p) for p in data.filenames)
+                labels.extend(data.target_names[t] for t in data.target)
+                continue
+            found = sorted(str(p) for p in item.iterdir() if p.is_file() and is_image_file(p) and p.name[0] != ".")
+            if not found:
+                raise ValueError(f"Folder {str(item)!r} holds no image files.")
+            paths.extend(found)
+            labels.extend([None] * len(found))
+        elif item.is_file() and is_image_file(item):
+            paths.append(str(item))
+            labels.append(None)
+        elif item.is_file():
+            listed = read_image_list(item)
+            paths.extend(listed)
+            labels.extend([None] * len(listed))
+        else:
+            raise FileNotFoundError(f"{str(item)!r} does not exist.")
+    if not paths:
+        raise ValueError("No images given.")
+    return paths, (labels if any(label is not None for label in labels) else None)
+
+
+def read_image_list(list_file) -> list[str]:
+    """The image paths a text file lists, one a line.
+
+    Relative paths are relative to the list's folder; blank lines and ``#``
+    comments are skipped; every listed file must exist.
+    """
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{str(list_file)!r} is neither an image nor a list of image paths ({exc}).") from None
+    paths = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line).expanduser()
+        if not path.is_absolute():
+            path = list_file.parent / path
+        if not path.is_file():
+            raise FileNotFoundError(f"{str(list_file)!r} line {number}: image {line!r} does not exist.")
+        paths.append(str(path))
+    if not paths:
+        raise ValueError(f"List file {str(list_file)!r} names no images.")
+    return paths
+
 
 TEXTURES = ("brick", "grass", "gravel")
 

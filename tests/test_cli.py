@@ -1,15 +1,19 @@
-"""The ``sklearn-tl`` command, run as a subprocess on a real image folder.
+"""The ``sklearn-tl`` command on a real image folder.
 
 The folder holds 2 classes x 8 JPEG crops of scikit-learn's two sample photos.
-Each subcommand runs at least once as ``python -m sklearn_tl`` (a process start
-costs a few seconds: torch, torchvision and scikit-learn are imported), and the
-cheaper variants of the bad-input cases run in-process through ``main()``.
+Most commands run in-process through ``main()`` (:func:`run_in_process` gives
+what a subprocess would: exit status, stdout, stderr); a few run as
+``python -m sklearn_tl`` or the installed script to check exit codes and the
+entry point for real (a process start costs a few seconds: torch, torchvision
+and scikit-learn are imported).
 """
 
 import csv
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import joblib
@@ -54,6 +58,25 @@ def run_cli(env, *args, entry_point=False):
     return subprocess.run([*command, *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
 
 
+CLI_ENV_VARS = ("SKLEARN_TL_OFFLINE", "TORCH_HOME", "SKLEARN_TL_WEIGHTS_PATH")
+
+
+def run_in_process(env, *args):
+    """``main(ARGS)`` with ``env``'s sklearn_tl/torch variables: what :func:`run_cli` returns, without a process."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(stdout), redirect_stderr(stderr):
+        for name in CLI_ENV_VARS:
+            if name in env:
+                patch.setenv(name, env[name])
+            else:
+                patch.delenv(name, raising=False)
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own exits
+            status = exc.code
+    return subprocess.CompletedProcess(list(args), status, stdout.getvalue(), stderr.getvalue())
+
+
 def assert_user_error(result, command, fragment):
     """Exit 2, one line on stderr naming the command, no traceback."""
     assert result.returncode == 2, result.stderr
@@ -68,7 +91,7 @@ def assert_user_error(result, command, fragment):
 def trained(photo_folder, cli_env, tmp_path_factory):
     """`sklearn-tl train` with the real MobileNetV2 weights and a PNG report."""
     out = tmp_path_factory.mktemp("trained")
-    result = run_cli(
+    result = run_in_process(
         cli_env, "train", photo_folder, "--weights", REAL_WEIGHTS, "--image-size", "64",
         "--cv", "4", "-o", out / "model.joblib", "--report", out / "report.png", "-q",
     )
@@ -119,7 +142,7 @@ def test_train_report_png_is_an_image(trained):
 
 
 def test_train_finetune_mode(photo_folder, cli_env, tmp_path):
-    result = run_cli(
+    result = run_in_process(
         cli_env, "train", photo_folder, "--mode", "finetune", "--weights", "none", "--image-size", "32",
         "--max-epochs", "1", "--cv", "0", "-o", tmp_path / "tuned.joblib", "-q",
     )
@@ -149,7 +172,7 @@ def test_train_html_report(photo_folder, tmp_path, capsys):
 def test_predict_prints_label_and_probability(trained, photo_folder, cli_env):
     out, _ = trained
     images = sorted(photo_folder.rglob("*.jpg"))
-    result = run_cli(cli_env, "predict", out / "model.joblib", *images)
+    result = run_in_process(cli_env, "predict", out / "model.joblib", *images)
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in result.stdout.splitlines()]
     assert [r[0] for r in rows] == [str(p) for p in images]
@@ -177,8 +200,8 @@ def test_predict_csv_from_a_list_file(trained, photo_folder, tmp_path, capsys):
 
 
 def test_featurize_folder_to_npy(photo_folder, cli_env, tmp_path):
-    result = run_cli(cli_env, "featurize", photo_folder, "--weights", "none", "--image-size", "32",
-                     "-o", tmp_path / "emb.npy")
+    result = run_in_process(cli_env, "featurize", photo_folder, "--weights", "none", "--image-size", "32",
+                            "-o", tmp_path / "emb.npy")
     assert result.returncode == 0, result.stderr
     embeddings = np.load(tmp_path / "emb.npy")
     assert embeddings.shape == (16, 1280) and embeddings.dtype == np.float32
@@ -220,13 +243,13 @@ def test_weights_import_then_list(mobilenet_file, cli_env, tmp_path):
     source = tmp_path / "download" / mobilenet_file.name
     source.parent.mkdir()
     source.write_bytes(mobilenet_file.read_bytes())
-    result = run_cli(env, "weights", "import", source)
+    result = run_in_process(env, "weights", "import", source)
     assert result.returncode == 0, result.stderr
     target = tmp_path / "torch_home" / "hub" / "checkpoints" / mobilenet_file.name
     assert target.read_bytes() == mobilenet_file.read_bytes()
     assert "MobileNet_V2_Weights.IMAGENET1K_V1" in result.stdout
 
-    result = run_cli(env, "weights")
+    result = run_in_process(env, "weights")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "SKLEARN_TL_OFFLINE=1: downloads are off" in lines

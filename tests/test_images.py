@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,48 @@ class TestValueRange:
         for X in ([str(tmp_path / "a.png")], [Image.fromarray(crops[0])]):
             with pytest.raises(ValueError, match="value_range applies to arrays and tensors only"):
                 as_image_source(X, value_range=(0, 16)).load(0)
+
+
+class TestCollectImages:
+    """Folders, image files and list files, as the command line takes them."""
+
+    def test_class_folder_flat_folder_file_and_list(self, photo_folder, tmp_path):
+        from sklearn_tl._datasets import collect_images
+
+        paths, labels = collect_images([photo_folder])
+        data = load_image_folder(photo_folder)
+        assert paths == [str(p) for p in data.filenames]
+        assert labels == [data.target_names[t] for t in data.target]
+
+        flat = photo_folder / "china"
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"# images\n\n{photo_folder / 'flower' / 'img1.png'}\n  rel/a.png  \n")
+        (tmp_path / "rel").mkdir()
+        (tmp_path / "rel" / "a.png").write_bytes((flat / "img0.png").read_bytes())
+        paths, labels = collect_images([flat, flat / "img2.png", listing])
+        assert [Path(p).name for p in paths] == ["img0.png", "img2.png", "img4.png", "img2.png", "img1.png", "a.png"]
+        assert paths[-1] == str(tmp_path / "rel" / "a.png")  # relative to the list's folder
+        assert labels is None  # no class folder given
+
+    def test_errors_name_the_input(self, photo_folder, tmp_path):
+        from sklearn_tl._datasets import collect_images, read_image_list
+
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.txt").write_text("x")
+        with pytest.raises(ValueError, match="'.*empty' holds no image files"):
+            collect_images([tmp_path / "empty"])
+        with pytest.raises(FileNotFoundError, match="nope.jpg' does not exist"):
+            collect_images([tmp_path / "nope.jpg"])
+        with pytest.raises(ValueError, match="No images given"):
+            collect_images([])
+        listing = tmp_path / "list.txt"
+        listing.write_text("# nothing\n\n")
+        with pytest.raises(ValueError, match="names no images"):
+            read_image_list(listing)
+        listing.write_text(f"{photo_folder / 'china' / 'img0.png'}\nmissing.png\n")
+        with pytest.raises(FileNotFoundError, match="line 2: image 'missing.png' does not exist"):
+            collect_images([listing])
+        binary = tmp_path / "data.bin"
+        binary.write_bytes(b"\xff\xfe\x00\x81")
+        with pytest.raises(ValueError, match="neither an image nor a list of image paths"):
+            collect_images([binary])

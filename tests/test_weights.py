@@ -106,3 +106,71 @@ def test_preprocessing_comes_from_the_weights_metadata():
     assert effnet.interpolation == "bicubic"
     inception = build_embedder("inception_v3", None).data_config
     assert (inception.crop_size, inception.resize_size, inception.min_size) == (299, 342, 75)
+
+
+class TestLocalWeightFiles:
+    """The weights helpers `sklearn-tl weights` and `backbones` print."""
+
+    def test_file_name_from_url_and_known_files(self):
+        from torchvision.models import MobileNet_V2_Weights
+
+        from sklearn_tl._weights import known_weight_files, weight_file_name
+
+        assert weight_file_name(MobileNet_V2_Weights.IMAGENET1K_V1.url) == "mobilenet_v2-b0353104.pth"
+        known = known_weight_files()
+        assert known["mobilenet_v2-b0353104.pth"] == "MobileNet_V2_Weights.IMAGENET1K_V1"
+        assert known["mobilenet_v2-7ebf99e0.pth"] == "MobileNet_V2_Weights.IMAGENET1K_V2"
+
+    @pytest.mark.parametrize("value, disabled", [("", False), ("0", False), ("false", False), ("No", False),
+                                                 ("1", True), ("yes", True), ("TRUE", True)])
+    def test_offline_flag(self, value, disabled, monkeypatch):
+        from sklearn_tl._weights import downloads_disabled
+
+        monkeypatch.setenv("SKLEARN_TL_OFFLINE", value)
+        assert downloads_disabled() is disabled
+
+    def test_local_names_files_and_hash_status(self, tmp_path, mobilenet_file):
+        from torchvision.models import MobileNet_V2_Weights
+
+        from sklearn_tl._weights import hash_status, local_weight_names, weight_files_in
+
+        assert local_weight_names(MobileNet_V2_Weights) == ["IMAGENET1K_V1"]  # the offline package's file
+        assert local_weight_names(MobileNet_V2_Weights, [tmp_path]) == []
+        assert local_weight_names(None) == []
+        good = tmp_path / mobilenet_file.name
+        shutil.copy(mobilenet_file, good)
+        corrupt = tmp_path / "resnet18-f37072fd.pth"
+        corrupt.write_bytes(b"not resnet18")
+        plain = tmp_path / "mine.safetensors"
+        plain.write_bytes(b"x")
+        (tmp_path / "notes.txt").write_text("not weights")
+        assert [p.name for p in weight_files_in(tmp_path)] == sorted([good.name, corrupt.name, plain.name])
+        assert local_weight_names(MobileNet_V2_Weights, [tmp_path]) == ["IMAGENET1K_V1"]
+        assert hash_status(good) == "sha256 ok"
+        assert hash_status(good, check=False) == "not checked"
+        assert hash_status(corrupt) == "CORRUPT (sha256 does not match name)"
+        assert hash_status(plain) == "no hash in name"
+
+    def test_import_copies_checks_and_refuses(self, tmp_path, mobilenet_file):
+        from sklearn_tl._weights import UnknownWeightsFileError, import_weights_file
+
+        dest = tmp_path / "dest"
+        target, sha256, known, in_place = import_weights_file(mobilenet_file, dest)
+        assert target == dest / mobilenet_file.name and target.read_bytes() == mobilenet_file.read_bytes()
+        assert sha256.startswith("b0353104") and known == "MobileNet_V2_Weights.IMAGENET1K_V1" and not in_place
+        assert import_weights_file(target, dest)[3] is True  # already there: nothing copied
+        assert not list(dest.glob("*.partial"))
+
+        renamed = tmp_path / "my_weights.pth"
+        shutil.copy(mobilenet_file, renamed)
+        with pytest.raises(UnknownWeightsFileError, match="force=True"):
+            import_weights_file(renamed, dest)
+        assert import_weights_file(renamed, dest, force=True)[2] is None
+        with pytest.raises(WeightsNotFoundError, match="does not exist"):
+            import_weights_file(tmp_path / "missing.pth", dest)
+        corrupt = tmp_path / "x" / mobilenet_file.name
+        corrupt.parent.mkdir()
+        corrupt.write_bytes(mobilenet_file.read_bytes()[:1000])
+        with pytest.raises(ValueError, match="corrupt"):
+            import_weights_file(corrupt, tmp_path / "dest2")
+        assert not (tmp_path / "dest2" / mobilenet_file.name).exists()

@@ -1,0 +1,190 @@
+"""Training and applying an image classifier: what ``sklearn-tl train`` and ``predict`` do.
+
+Three kinds of model (``mode``): ``"features"`` (frozen CNN embeddings →
+StandardScaler → LogisticRegression), ``"finetune"`` (:class:`FineTuneClassifier`)
+and ``"hybrid"`` (tune, then the logistic regression on the tuned embeddings).
+:func:`train_classifier` gives stratified k-fold out-of-fold predictions, then
+fits on all images. Plain functions with explicit arguments, usable without the
+command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "MODES",
+    "LabelledImages",
+    "TrainingResult",
+    "cross_validated_predictions",
+    "load_labelled_folder",
+    "logistic_head",
+    "n_folds",
+    "predict_with_confidence",
+    "set_inference_options",
+    "train_classifier",
+]
+
+MODES = ("features", "finetune", "hybrid")
+
+
+@dataclass
+class LabelledImages:
+    """Image paths with their class names, from a ``root/<class>/<image>`` folder."""
+
+    paths: list
+    y: np.ndarray  # class name of each image (object array)
+    class_names: list
+    counts: np.ndarray  # images per class, in class_names order
+
+
+@dataclass
+class TrainingResult:
+    """A model fitted on all images, and its out-of-fold predictions (None without cross-validation)."""
+
+    model: object
+    n_splits: int
+    predicted: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    fold_scores: np.ndarray | None = None
+
+
+def load_labelled_folder(folder) -> LabelledImages:
+    """Paths and class names of a class-folder tree; at least two classes (see :func:`load_image_folder`)."""
+    from ._datasets import load_image_folder
+
+    data = load_image_folder(folder)
+    names = list(data.target_names)
+    if len(names) < 2:
+        raise ValueError(f"{str(folder)!r} has one class folder ({names[0]!r}); training needs at least two.")
+    return LabelledImages(
+        paths=[str(p) for p in data.filenames],
+        y=np.asarray(names, dtype=object)[data.target],
+        class_names=names,
+        counts=np.bincount(data.target, minlength=len(names)),
+    )
+
+
+def n_folds(data: LabelledImages, cv: int) -> int:
+    """``cv`` capped by the smallest class; 0 (no cross-validation) stays 0."""
+    smallest = int(data.counts.min())
+    folds = min(cv, smallest)
+    if cv and folds < 2:
+        raise ValueError(
+            f"Class {data.class_names[int(data.counts.argmin())]!r} has {smallest} image; cross-validation "
+            "needs at least 2 per class (add images, or pass cv=0 to skip it)."
+        )
+    return folds
+
+
+def logistic_head(C: float = 1.0):
+    """The classifier on embeddings: StandardScaler → LogisticRegression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=C, max_iter=2000))])
+
+
+def cross_validated_predictions(model, X, y, n_splits: int, random_state=0):
+    """Out-of-fold predictions and confidences (None without ``predict_proba``), and each fold's accuracy."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    y = np.asarray(y)
+    splits = list(StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(X, y))
+    try:
+        proba = cross_val_predict(model, X, y, cv=splits, method="predict_proba")
+        classes = np.unique(y)
+        predicted, confidence = classes[proba.argmax(axis=1)], proba.max(axis=1)
+    except AttributeError:  # e.g. a final estimator without predict_proba
+        predicted, confidence = cross_val_predict(model, X, y, cv=splits), None
+    scores = np.array([np.mean(predicted[test] == y[test]) for _, test in splits])
+    return predicted, confidence, scores
+
+
+def train_classifier(
+    paths,
+    y,
+    *,
+    mode: str = "features",
+    backbone="mobilenet_v2",
+    weights="DEFAULT",
+    image_size=None,
+    batch_size="auto",
+    device="auto",
+    progress=True,
+    cache=None,
+    C: float = 1.0,
+    max_epochs: int = 5,
+    lr: float = 1e-3,
+    freeze=None,
+    n_splits: int = 5,
+    random_state: int = 0,
+) -> TrainingResult:
+    """Cross-validate (``n_splits`` ≥ 2; 0 skips it) and fit a ``mode`` classifier on all images.
+
+    In ``"features"`` mode each image is embedded once: the frozen featurizer
+    learns nothing from the images, so cross-validating the classifier on the
+    embeddings gives the same result as cross-validating the whole Pipeline.
+    The returned model is then ``Pipeline([("features", featurizer), ("scale", ...), ("clf", ...)])``.
+    ``progress`` applies to the featurizer; the fine-tuner prints its own epochs.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
+    y = np.asarray(y, dtype=object)
+    if mode == "features":
+        from ._featurizer import PretrainedCNNFeaturizer
+
+        featurizer = PretrainedCNNFeaturizer(
+            backbone, weights=weights, image_size=image_size, batch_size=batch_size, device=device,
+            progress=progress, cache=cache, random_state=random_state,
+        ).fit(paths)
+        X = featurizer.transform(paths)
+        featurizer.set_params(progress="auto")  # the saved model shows progress only where it helps
+        model = logistic_head(C)
+    else:
+        from ._finetune import FineTuneClassifier
+
+        model = FineTuneClassifier(
+            backbone, weights=weights, image_size=image_size, batch_size=batch_size, device=device,
+            max_epochs=max_epochs, lr=lr, freeze=freeze,
+            final_estimator=logistic_head(C) if mode == "hybrid" else None, random_state=random_state,
+        )
+        X = paths
+    result = TrainingResult(model=model, n_splits=n_splits)
+    if n_splits >= 2:
+        result.predicted, result.confidence, result.fold_scores = cross_validated_predictions(
+            model, X, y, n_splits, random_state
+        )
+    model.fit(X, y)
+    if mode == "features":
+        from sklearn.pipeline import Pipeline
+
+        result.model = Pipeline([("features", featurizer), *model.steps])
+    return result
+
+
+def set_inference_options(model, *, device=None, batch_size=None, progress=None):
+    """Set ``device``, ``batch_size`` and ``progress`` (where given) on every sklearn_tl step of ``model``."""
+    from ._persistence import _sklearn_tl_steps
+
+    overrides = {"device": device, "batch_size": batch_size, "progress": progress}
+    for _, step in _sklearn_tl_steps(model):
+        params = step.get_params()
+        step.set_params(**{k: v for k, v in overrides.items() if v is not None and k in params})
+
+
+def predict_with_confidence(model, X):
+    """``(labels, confidence, proba, classes)``: confidence and proba are None without ``predict_proba``."""
+    classes = np.asarray(getattr(model, "classes_", []), dtype=object)
+    proba = None
+    if hasattr(model, "predict_proba"):
+        try:
+            proba = model.predict_proba(X)
+        except AttributeError:
+            proba = None
+    if proba is not None and len(classes) == proba.shape[1]:
+        return classes[proba.argmax(axis=1)], proba.max(axis=1), proba, classes
+    return np.asarray(model.predict(X), dtype=object), None, proba, classes
