@@ -292,7 +292,7 @@ class ArraySource(ImageSource):
 
     def _item_key(self, index):
         item = self.array[index]
-        tag = "array-chw" if self.channels_first else "array-hwc"
+        tag = _range_tag("array-chw" if self.channels_first else "array-hwc", self.value_range)
         return tensor_digest(item, tag) if isinstance(item, torch.Tensor) else array_digest(np.asarray(item), tag)
 
     def content_key(self, index):
@@ -324,9 +324,9 @@ class ListSource(ImageSource):
             except ImageReadError:
                 return None  # unreadable: the forward pass reports the error
         if isinstance(item, np.ndarray):
-            return array_digest(item, "list-hwc")
+            return array_digest(item, _range_tag("list-hwc", self.value_range))
         if isinstance(item, torch.Tensor):
-            return tensor_digest(item, "list-chw")
+            return tensor_digest(item, _range_tag("list-chw", self.value_range))
         if not isinstance(item, Image.Image):
             return None  # not an image: the forward pass raises the usual TypeError
         return super().content_key(index)  # PIL: the decoded pixels (mode, palette, EXIF applied)
@@ -334,6 +334,7 @@ class ListSource(ImageSource):
     def load_keyed(self, index, min_side=None):
         item = self.items[index]
         if _is_path(item):
+            self._refuse_range(item, index)
             # Read once, hash, decode those bytes: a file replaced meanwhile cannot
             # give one content's embedding under another content's key.
             path = os.fspath(item)
@@ -343,13 +344,16 @@ class ListSource(ImageSource):
             return self.load(index, min_side), self.content_key(index)
         return super().load_keyed(index, min_side)
 
+    def _refuse_range(self, item, index):
+        if self.value_range is not None and (_is_path(item) or isinstance(item, Image.Image)):
+            # Decoded files and PIL images have a known range; never rescale them silently.
+            raise ValueError(f"X[{index}] is a {'path' if _is_path(item) else 'PIL image'}; value_range applies "
+                             "to arrays and tensors only.")
+
     def load(self, index, min_side=None):
         item = self.items[index]
         what = f"X[{index}]"
-        if self.value_range is not None and (_is_path(item) or isinstance(item, Image.Image)):
-            # Decoded files and PIL images have a known range; never rescale them silently.
-            raise ValueError(f"{what} is a {'path' if _is_path(item) else 'PIL image'}; value_range applies "
-                             "to arrays and tensors only.")
+        self._refuse_range(item, index)
         if _is_path(item):
             return read_image_file(os.fspath(item), index, min_side)
         if isinstance(item, Image.Image):
@@ -370,6 +374,11 @@ class ListSource(ImageSource):
             f"{what} is a {type(item).__name__}; list items must be PIL images, arrays (H, W[, C]), "
             "tensors (C, H, W) or file paths."
         )
+
+
+def _range_tag(tag: str, value_range) -> str:
+    """A content-key tag: the same array read with another value_range is another image."""
+    return tag if value_range is None else f"{tag}|range={value_range[0]!r},{value_range[1]!r}"
 
 
 def _is_path(item) -> bool:

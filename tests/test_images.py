@@ -396,3 +396,21 @@ class TestCollectImages:
         binary.write_bytes(b"\xff\xfe\x00\x81")
         with pytest.raises(ValueError, match="neither an image nor a list of image paths"):
             collect_images([binary])
+
+
+def test_value_range_is_part_of_the_content_key_and_refused_for_keyed_paths(tmp_path, crops):
+    from sklearn_tl._images import as_image_source
+
+    X = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 4, 4)
+    plain = as_image_source(X / 31)
+    for data in (X, [X[0], X[1]], torch.tensor(X)):
+        keys = {as_image_source(data, value_range=r).content_key(0) for r in [(0, 31), (0, 40), (-1, 31)]}
+        assert len(keys) == 3
+        assert as_image_source(data, value_range=(0, 31)).content_key(0) == \
+            as_image_source(data, value_range=(0.0, 31.0)).content_key(0)
+    image, key = as_image_source(X, value_range=(0, 31)).load_keyed(1)
+    torch.testing.assert_close(image, plain.load(1))
+    assert key == as_image_source(X, value_range=(0, 31)).content_key(1)
+    Image.fromarray(crops[0]).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="value_range applies to arrays and tensors only"):
+        as_image_source([str(tmp_path / "a.png")], value_range=(0, 16)).load_keyed(0)
