@@ -8,7 +8,9 @@ Supported inputs
 - lists of PIL images, of arrays ``(H, W[, C])`` or tensors ``(C, H, W)`` of
   any sizes, or of file paths (``str`` / ``pathlib.Path``), also as a 1-D array.
 
-uint8 (and other integer) images must lie in [0, 255], float images in [0, 1].
+uint8 (and other integer) images must lie in [0, 255], float images in [0, 1];
+arrays and tensors in another range say it with ``value_range=(low, high)``,
+which maps them to [0, 1] as ``(x - low) / (high - low)``.
 Grayscale stays one channel until after resizing (then it is repeated),
 RGBA drops its alpha channel. Files are decoded lazily, one at a time, with
 EXIF orientation applied. Nothing the caller passes is modified: every image
@@ -50,13 +52,23 @@ class ImageReadError(ValueError):
         self.path = path
 
 
-def _check_values(array, what):
-    """Validate dtype and value range; return the dtype images will have."""
+def _check_values(array, what, value_range=None):
+    """Validate dtype and value range (the default ranges, or ``value_range``)."""
     if array.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {what} has dtype {array.dtype}.")
     if array.dtype == bool or array.dtype.kind not in "uif":
         raise ValueError(f"{what} has dtype {array.dtype}; images must be uint8 in [0, 255] or float in [0, 1].")
     if array.size == 0:
+        return
+    if value_range is not None:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"{what} contains NaN or infinity.")
+        low, high = float(array.min()), float(array.max())
+        if low < value_range[0] or high > value_range[1]:
+            raise ValueError(
+                f"{what} has values in [{low:g}, {high:g}], outside value_range={tuple(value_range)!r}; "
+                "pass the range the data is in (or value_range='auto' to learn it at fit)."
+            )
         return
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
@@ -87,6 +99,13 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     if array.dtype.kind in "ui":
         return torch.tensor(array.astype(np.uint8))
     return torch.tensor(array, dtype=torch.float32)
+
+
+def _scaled(array, value_range) -> torch.Tensor:
+    """``array`` mapped from ``value_range`` to [0, 1], as a fresh float32 tensor."""
+    low, high = value_range
+    tensor = torch.as_tensor(np.asarray(array), dtype=torch.float64)
+    return ((tensor - low) / (high - low)).clamp_(0.0, 1.0).float()
 
 
 def _hwc_to_chw(image: torch.Tensor, what) -> torch.Tensor:
@@ -205,6 +224,11 @@ def tensor_digest(tensor: torch.Tensor, tag: str) -> bytes:
     return _blake(header, tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+def _range_tag(tag: str, value_range) -> str:
+    # The same values under another value_range are another image.
+    return tag if value_range is None else f"{tag}|range={value_range[0]!r},{value_range[1]!r}"
+
+
 class ImageSource:
     """Random access to the images of ``X`` as ``(C, H, W)`` tensors."""
 
@@ -234,16 +258,19 @@ class ImageSource:
 class ArraySource(ImageSource):
     """A numpy array ``(n, H, W[, C])`` or a tensor ``(n, C, H, W)``."""
 
-    def __init__(self, array, channels_first: bool):
+    def __init__(self, array, channels_first: bool, value_range=None):
         self.array = array
         self.channels_first = channels_first
+        self.value_range = value_range
 
     def __len__(self):
         return len(self.array)
 
     def load(self, index, min_side=None):
         item = self.array[index]
-        if isinstance(item, torch.Tensor):
+        if self.value_range is not None:
+            image = _scaled(_tensor_to_numpy(item) if isinstance(item, torch.Tensor) else item, self.value_range)
+        elif isinstance(item, torch.Tensor):
             image = item.detach().to("cpu", copy=True)
             image = image.float() if image.is_floating_point() else image.to(torch.uint8)
         else:
@@ -254,7 +281,7 @@ class ArraySource(ImageSource):
 
     def _item_key(self, index):
         item = self.array[index]
-        tag = "array-chw" if self.channels_first else "array-hwc"
+        tag = _range_tag("array-chw" if self.channels_first else "array-hwc", self.value_range)
         return tensor_digest(item, tag) if isinstance(item, torch.Tensor) else array_digest(np.asarray(item), tag)
 
     def content_key(self, index):
@@ -267,8 +294,9 @@ class ArraySource(ImageSource):
 class ListSource(ImageSource):
     """A list of PIL images, arrays, tensors or paths; each checked when loaded."""
 
-    def __init__(self, items):
+    def __init__(self, items, value_range=None):
         self.items = items
+        self.value_range = value_range
 
     def __len__(self):
         return len(self.items)
@@ -285,9 +313,9 @@ class ListSource(ImageSource):
             except ImageReadError:
                 return None  # unreadable: the forward pass reports the error
         if isinstance(item, np.ndarray):
-            return array_digest(item, "list-hwc")
+            return array_digest(item, _range_tag("list-hwc", self.value_range))
         if isinstance(item, torch.Tensor):
-            return tensor_digest(item, "list-chw")
+            return tensor_digest(item, _range_tag("list-chw", self.value_range))
         if not isinstance(item, Image.Image):
             return None  # not an image: the forward pass raises the usual TypeError
         return super().content_key(index)  # PIL: the decoded pixels (mode, palette, EXIF applied)
@@ -313,16 +341,17 @@ class ListSource(ImageSource):
             return pil_to_tensor(item, what)
         if isinstance(item, torch.Tensor):
             array = _tensor_to_numpy(item)
-            _check_values(array, what)
-            image = _to_tensor(array)
+            _check_values(array, what, self.value_range)
+            image = _to_tensor(array) if self.value_range is None else _scaled(array, self.value_range)
             if image.ndim == 2:
                 image = image.unsqueeze(0)
             if image.ndim != 3:
                 raise ValueError(f"{what} is a tensor with {image.ndim} dimensions; expected (C, H, W).")
             return _drop_alpha(image, what)
         if isinstance(item, np.ndarray):
-            _check_values(item, what)
-            return _hwc_to_chw(_to_tensor(item), what)
+            _check_values(item, what, self.value_range)
+            image = _to_tensor(item) if self.value_range is None else _scaled(item, self.value_range)
+            return _hwc_to_chw(image, what)
         raise TypeError(
             f"{what} is a {type(item).__name__}; list items must be PIL images, arrays (H, W[, C]), "
             "tensors (C, H, W) or file paths."
@@ -333,14 +362,18 @@ def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
-def as_image_source(X, image_shape=None) -> ImageSource:
+def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     """Adapt ``X`` to an :class:`ImageSource`, validating what is cheap to check.
 
+    ``value_range`` is None (integers in [0, 255], floats in [0, 1]) or the
+    ``(low, high)`` that array and tensor values lie in, mapped to [0, 1].
     Raises ``ValueError`` / ``TypeError`` naming the problem for empty input,
     wrong dimensions, unsupported channel counts, NaN/inf or out-of-range values.
     """
     if isinstance(X, ImageSource):
         return X
+    if value_range is not None:
+        value_range = (float(value_range[0]), float(value_range[1]))
     if isinstance(X, (str, os.PathLike)):
         raise TypeError(
             f"X is a single path {os.fspath(X)!r}; pass a list of image paths "
@@ -355,15 +388,22 @@ def as_image_source(X, image_shape=None) -> ImageSource:
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
-        return ListSource(list(X))
+        if value_range is not None and any(_is_path(x) or isinstance(x, Image.Image) for x in X):
+            raise ValueError(
+                "value_range applies to arrays and tensors; image files and PIL images are decoded "
+                "to their own range: pass value_range=None."
+            )
+        return ListSource(list(X), value_range)
     if isinstance(X, torch.Tensor):
-        return _tensor_source(X)
+        return _tensor_source(X, value_range)
     if not isinstance(X, np.ndarray):
         raise TypeError(
             f"X is a {type(X).__name__}; expected a numpy array, a torch tensor, or a list of "
             "PIL images, arrays or file paths."
         )
     if X.dtype.kind in "OUS":
+        if value_range is not None:
+            raise ValueError("value_range applies to arrays and tensors of numbers; X holds paths: pass None.")
         if X.ndim != 1:
             raise ValueError(f"X holds {X.dtype} values in {X.ndim} dimensions; a list of paths is 1-D.")
         if X.size == 0:
@@ -372,7 +412,7 @@ def as_image_source(X, image_shape=None) -> ImageSource:
         return ListSource(items)
     if X.ndim == 0 or X.shape[0] == 0:
         raise ValueError(f"X is empty: found 0 sample(s) (shape {X.shape}); at least one image is required.")
-    _check_values(X, "X")
+    _check_values(X, "X", value_range)
     if X.ndim == 2:
         if image_shape is None:
             raise ValueError(
@@ -396,10 +436,10 @@ def as_image_source(X, image_shape=None) -> ImageSource:
             f"X has {X.ndim} dimension(s) {X.shape}; expected (n, H, W), (n, H, W, C), "
             "flattened (n, H*W*C) with image_shape, or a list of images or paths."
         )
-    return ArraySource(X, channels_first=False)
+    return ArraySource(X, channels_first=False, value_range=value_range)
 
 
-def _tensor_source(X: torch.Tensor) -> ArraySource:
+def _tensor_source(X: torch.Tensor, value_range=None) -> ArraySource:
     if X.ndim not in (3, 4):
         raise ValueError(f"X is a tensor of shape {tuple(X.shape)}; expected (n, C, H, W) or (n, H, W).")
     if X.shape[0] == 0:
@@ -408,8 +448,8 @@ def _tensor_source(X: torch.Tensor) -> ArraySource:
         raise ValueError(
             f"X is a tensor of shape {tuple(X.shape)}; channels (axis 1) must be 1, 3 or 4 (N, C, H, W)."
         )
-    _check_values(_tensor_to_numpy(X), "X")
-    return ArraySource(X, channels_first=True)
+    _check_values(_tensor_to_numpy(X), "X", value_range)
+    return ArraySource(X, channels_first=True, value_range=value_range)
 
 
 def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
