@@ -195,7 +195,7 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         resolve_device(self.device)  # a device this machine lacks fails in fit
         seed = self._random_seed()
         args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size)
-        self._build_args = {"args": args, "seed": seed, "preprocessing": self._preprocessing()}
+        self._build_args = (*args, self._preprocessing(), seed)
         # With a cache, a run may find every row stored: then the network is never needed, so
         # building it waits for the first cache miss (backbone_), where the parameters allow.
         built = describe_embedder(*args, preprocessing=self._preprocessing()) if self.cache is not None else None
@@ -265,8 +265,8 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
                 raise AttributeError("'PretrainedCNNFeaturizer' object has no attribute 'backbone_' (not fitted)")
             with _BUILD_LOCK:  # threads sharing a lazily built featurizer build it once
                 if self.__dict__.get("_backbone") is None:
-                    fitted = self._build_args  # the parameters of fit, whatever set_params did since
-                    built = build_embedder(*fitted["args"], seed=fitted["seed"], preprocessing=fitted["preprocessing"])
+                    *args, preprocessing, seed = self._build_args  # fit's parameters, whatever set_params did since
+                    built = build_embedder(*args, seed=seed, preprocessing=preprocessing)
                     if built.weights.sha256 != self.weights_sha256_:
                         raise ValueError(
                             f"The weights file of {self.weights_!r} changed since fit (sha256 "

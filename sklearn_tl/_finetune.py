@@ -498,10 +498,16 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             module,
             dataset,
             batch_size=self.batch_size,
-            device=resolve_device(self.device),  # the device asked for now, not the training one
+            device=self._inference_device(),
             precision=self.precision,
             num_workers=self.num_workers,
         )
+
+    def _inference_device(self) -> torch.device:
+        """The device ``device`` names now (not the training one), or the CPU for a loaded model's missing one."""
+        if "_missing_device" in self.__dict__ and self.device == self._missing_device:
+            return torch.device("cpu")
+        return resolve_device(self.device)
 
     def transform(self, X):
         """Embeddings of ``X`` from the tuned backbone (hybrid mode).
@@ -561,15 +567,18 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("grad_scaler_", None)  # rebuilt for the loading machine's device
+        state.pop("_missing_device", None)
         return state
 
     def __setstate__(self, state):
         requested = state["device"]
         target = torch.device("cpu")
+        missing = False
         if "device_" in state:
             try:
                 target = resolve_device(requested)
             except ValueError:
+                missing = True
                 warnings.warn(
                     f"This model asks for device={requested!r}, which this machine lacks; it runs on the CPU.",
                     UserWarning,
@@ -578,6 +587,8 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         state["device"] = str(target)  # what skorch maps the tensors to
         super().__setstate__(state)
         self.device = requested  # the user's parameter, untouched
+        if missing:
+            self._missing_device = requested  # inference falls back to the CPU while device is this
         if "device_" in state:
             self.device_ = target
             self.grad_scaler_ = self._make_grad_scaler()
