@@ -418,7 +418,9 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     # -- fit -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _fit_scope(self):
+    def _fit_scope(self, reset: bool):
+        if reset:
+            self._check_finetune_params()  # before random_state is used
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
         seeded = self.random_state is not None
         # One seed per fit for torch and the validation split; a RandomState gives a new one each fit.
@@ -430,8 +432,6 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             self._set_training(False)  # inference needs no training flags flipped
 
     def _prepare_fit(self, X, y, reset: bool, classes=None):
-        if reset:
-            self._check_finetune_params()
         if is_dataset(X) and y is None:
             return X, None  # a Dataset that yields encoded targets itself
         y = self._check_labels(y, reset, classes)
@@ -456,7 +456,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self : FineTuneClassifier
         """
         warm = self.warm_start and self.initialized_
-        with self._fit_scope():
+        with self._fit_scope(reset=not warm):
             source, y_encoded = self._prepare_fit(X, y, reset=not warm)
             if not warm:
                 self.initialize()
@@ -470,7 +470,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         ``classes`` fixes the label set on the first call; later calls must
         use labels from it.
         """
-        with self._fit_scope():
+        with self._fit_scope(reset=not self.initialized_):
             source, y_encoded = self._prepare_fit(X, y, reset=not self.initialized_, classes=classes)
             if not self.initialized_:
                 self.initialize()

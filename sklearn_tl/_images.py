@@ -79,7 +79,8 @@ def _check_values(array, what, value_range=None):
         if high > 1.0:
             raise ValueError(
                 f"{what} is float with maximum {high:g}; float images must be in [0, 1] "
-                "(divide by the maximum value, e.g. X / 255 or X / 16 for load_digits)."
+                "(divide by the maximum value, e.g. X / 255, or state the range: value_range=(0, 16) "
+                "for load_digits)."
             )
     elif array.dtype != np.uint8:
         low, high = int(array.min()), int(array.max())
