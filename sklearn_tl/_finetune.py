@@ -12,8 +12,6 @@ warm-up and cosine decay, and the pretrained layers learn at
 from __future__ import annotations
 
 import contextlib
-import math
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -21,8 +19,7 @@ import torch
 from sklearn.base import clone
 from sklearn.utils import TransformerTags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet, NeuralNetClassifier
 from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.utils import is_dataset
@@ -53,14 +50,6 @@ __all__ = [
     "build_head",
     "resolve_freeze",
 ]
-
-
-def _has_nan_label(y: np.ndarray) -> bool:
-    if y.dtype.kind == "f":
-        return bool(np.isnan(y).any())
-    if y.dtype.kind == "O":
-        return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in y)
-    return False
 
 
 @shared_docs
@@ -372,49 +361,6 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self.module_ = module
         return self
 
-    # -- data ----------------------------------------------------------------
-
-    def _check_labels(self, y, reset: bool, classes=None) -> np.ndarray:
-        """``y`` as a 1-D array of classification labels, checked before ``X``."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        y = column_or_1d(y, warn=True)
-        if y.size == 0:
-            raise ValueError("y is empty: at least one labelled image is required.")
-        if _has_nan_label(y):
-            raise ValueError("y contains NaN or None labels; every image needs a label.")
-        check_classification_targets(y)
-        if reset and self.classes is None and classes is None and len(np.unique(y)) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs at least 2 classes to learn from; y has only one class: {y[0]!r}."
-            )
-        return y
-
-    def _encode_labels(self, y: np.ndarray, n_samples: int, reset: bool, classes=None) -> np.ndarray:
-        if len(y) != n_samples:
-            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels; they must match.")
-        if reset:
-            given = self.classes if self.classes is not None else classes
-            known = np.unique(y) if given is None else np.asarray(given)
-            if len(known) < 2:
-                raise ValueError(
-                    f"FineTuneClassifier needs at least 2 classes to learn from; y has only one class: {known[0]!r}."
-                )
-            self.classes_inferred_ = np.unique(known) if self.classes is None else known
-        known = self.classes_
-        order = np.argsort(known, kind="stable")
-        positions = np.clip(np.searchsorted(known[order], y), 0, len(known) - 1)
-        encoded = order[positions]
-        unseen = known[encoded] != y
-        if unseen.any():
-            raise ValueError(
-                f"y contains labels not among classes_ {known.tolist()!r}: {sorted(set(y[unseen].tolist()))!r}."
-            )
-        return encoded.astype(np.int64)
-
-    def check_data(self, X, y):
-        pass  # validated in fit; skorch's version would overwrite classes_ with codes
-
     # -- fit -----------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -503,12 +449,6 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             num_workers=self.num_workers,
         )
 
-    def _inference_device(self) -> torch.device:
-        """The device ``device`` names now (not the training one), or the CPU for a loaded model's missing one."""
-        if "_missing_device" in self.__dict__ and self.device == self._missing_device:
-            return torch.device("cpu")
-        return resolve_device(self.device)
-
     def transform(self, X):
         """Embeddings of ``X`` from the tuned backbone (hybrid mode).
 
@@ -561,37 +501,6 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     @property
     def backbone_(self):
         return unwrapped_module(self).embedder
-
-    # -- pickling ------------------------------------------------------------
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("grad_scaler_", None)  # rebuilt for the loading machine's device
-        state.pop("_missing_device", None)
-        return state
-
-    def __setstate__(self, state):
-        requested = state["device"]
-        target = torch.device("cpu")
-        missing = False
-        if "device_" in state:
-            try:
-                target = resolve_device(requested)
-            except ValueError:
-                missing = True
-                warnings.warn(
-                    f"This model asks for device={requested!r}, which this machine lacks; it runs on the CPU.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        state["device"] = str(target)  # what skorch maps the tensors to
-        super().__setstate__(state)
-        self.device = requested  # the user's parameter, untouched
-        if missing:
-            self._missing_device = requested  # inference falls back to the CPU while device is this
-        if "device_" in state:
-            self.device_ = target
-            self.grad_scaler_ = self._make_grad_scaler()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

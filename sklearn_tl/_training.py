@@ -1,18 +1,26 @@
-"""How the fine-tuner trains on images: skorch's data, device, precision and optimizer hooks.
+"""How the fine-tuner trains on images: skorch's data, label, device, precision and optimizer hooks.
 
 :class:`ImageTrainingMixin` overrides the skorch ``NeuralNet`` methods that
 decide where and how a batch is trained: the image dataset (augmented for
 training only), loaders that never leave a BatchNorm a last batch of one,
 autocast with a gradient scaler whose gradients are unscaled before callbacks
 see them, BatchNorm statistics of frozen layers kept, and the pretrained
-layers' own learning rate. It needs the attributes the estimator resolves in
+layers' own learning rate; labels of any sklearn kind encoded against
+``classes_``; inference on the device ``device`` names at call time, and
+pickles that load on a machine without the training device. It needs the attributes the estimator resolves in
 ``initialize()``: ``device_``, ``autocast_dtype_``, ``grad_scaler_`` and
 ``data_config_``.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+
+import numpy as np
 import torch
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_tensor
 from torch import nn
@@ -20,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Subset
 
 from ._callbacks import unwrapped_module
-from ._engine import autocast_context, make_loader, resolve_batch_size, to_model_input
+from ._engine import autocast_context, make_loader, resolve_batch_size, resolve_device, to_model_input
 from ._freeze import BACKBONE_PREFIX
 from ._images import ImageDataset, collate_images
 from ._preprocess import ImageTransform
@@ -36,6 +44,14 @@ def _augmented(dataset, transform):
     if isinstance(dataset, ImageDataset):
         return ImageDataset(dataset.source, transform, dataset.targets)
     return dataset
+
+
+def _has_nan_label(y: np.ndarray) -> bool:
+    if y.dtype.kind == "f":
+        return bool(np.isnan(y).any())
+    if y.dtype.kind == "O":
+        return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in y)
+    return False
 
 
 class ImageTrainingMixin:
@@ -184,3 +200,83 @@ class ImageTrainingMixin:
                 params = list(module.parameters(recurse=False))
                 if (params and not any(p.requires_grad for p in params)) or (not params and backbone_frozen):
                     module.eval()  # frozen: keep the pretrained running statistics
+
+    # -- labels ----------------------------------------------------------------
+
+    def _check_labels(self, y, reset: bool, classes=None) -> np.ndarray:
+        """``y`` as a 1-D array of classification labels, checked before ``X``."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+        y = column_or_1d(y, warn=True)
+        if y.size == 0:
+            raise ValueError("y is empty: at least one labelled image is required.")
+        if _has_nan_label(y):
+            raise ValueError("y contains NaN or None labels; every image needs a label.")
+        check_classification_targets(y)
+        if reset and self.classes is None and classes is None and len(np.unique(y)) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 classes to learn from; y has only one class: {y[0]!r}."
+            )
+        return y
+
+    def _encode_labels(self, y: np.ndarray, n_samples: int, reset: bool, classes=None) -> np.ndarray:
+        if len(y) != n_samples:
+            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels; they must match.")
+        if reset:
+            given = self.classes if self.classes is not None else classes
+            known = np.unique(y) if given is None else np.asarray(given)
+            if len(known) < 2:
+                raise ValueError(
+                    f"FineTuneClassifier needs at least 2 classes to learn from; y has only one class: {known[0]!r}."
+                )
+            self.classes_inferred_ = np.unique(known) if self.classes is None else known
+        known = self.classes_
+        order = np.argsort(known, kind="stable")
+        positions = np.clip(np.searchsorted(known[order], y), 0, len(known) - 1)
+        encoded = order[positions]
+        unseen = known[encoded] != y
+        if unseen.any():
+            raise ValueError(
+                f"y contains labels not among classes_ {known.tolist()!r}: {sorted(set(y[unseen].tolist()))!r}."
+            )
+        return encoded.astype(np.int64)
+
+    def check_data(self, X, y):
+        pass  # validated in fit; skorch's version would overwrite classes_ with codes
+
+    # -- devices ---------------------------------------------------------------
+
+    def _inference_device(self) -> torch.device:
+        """The device ``device`` names now (not the training one), or the CPU for a loaded model's missing one."""
+        if "_missing_device" in self.__dict__ and self.device == self._missing_device:
+            return torch.device("cpu")
+        return resolve_device(self.device)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("grad_scaler_", None)  # rebuilt for the loading machine's device
+        state.pop("_missing_device", None)
+        return state
+
+    def __setstate__(self, state):
+        requested = state["device"]
+        target = torch.device("cpu")
+        missing = False
+        if "device_" in state:
+            try:
+                target = resolve_device(requested)
+            except ValueError:
+                missing = True
+                warnings.warn(
+                    f"This model asks for device={requested!r}, which this machine lacks; it runs on the CPU.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        state["device"] = str(target)  # what skorch maps the tensors to
+        super().__setstate__(state)
+        self.device = requested  # the user's parameter, untouched
+        if missing:
+            self._missing_device = requested  # inference falls back to the CPU while device is this
+        if "device_" in state:
+            self.device_ = target
+            self.grad_scaler_ = self._make_grad_scaler()
