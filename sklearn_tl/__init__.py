@@ -7,11 +7,12 @@ your labels (skorch).
 
 from ._backbones import BackboneSpec, get_backbone_spec, list_backbones, register_backbone
 from ._cache import EmbeddingCache, EmbeddingCacheWarning
+from ._callbacks import FreezeSchedule, PhaseCosineLR
 from ._dask import featurize_dask
 from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
 from ._engine import ImageReadWarning
 from ._featurizer import PretrainedCNNFeaturizer
-from ._finetune import FineTuneClassifier, FreezeSchedule, PhaseCosineLR
+from ._finetune import FineTuneClassifier
 from ._images import ImageReadError
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig

@@ -5,21 +5,18 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from enum import Enum
-from numbers import Integral
 
 import joblib
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import check_is_fitted
 
+from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
-from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
-from ._images import ON_ERROR, ImageDataset, as_image_source
-from ._model import POOLINGS, build_embedder, describe_embedder, fold_batchnorm
+from ._engine import for_inference, forward_batches, module_device, resolve_device, resolve_precision
+from ._images import ON_ERROR, ImageDataset
+from ._model import build_embedder, describe_embedder, fold_batchnorm
 from ._preprocess import ImageTransform
 
 __all__ = ["PretrainedCNNFeaturizer"]
@@ -48,36 +45,22 @@ def _inference_backbone(built) -> torch.nn.Module:
     return for_inference(module)
 
 
-class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+@shared_docs
+class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into embeddings of a pretrained convolutional network.
 
     The backbone is cut before its classifier; its last feature map is pooled
     globally into one vector per image. Preprocessing (resize, crop, mean, std,
-    interpolation) comes from the weights' own metadata.
+    interpolation, crop) comes from the weights' own metadata unless stated.
 
     Parameters
     ----------
-    backbone : str or torch.nn.Module, default="mobilenet_v2"
-        A name from :func:`list_backbones`, any torchvision classification model
-        name, any timm model name (``timm`` extra), or a module that maps
-        ``(N, 3, H, W)`` to a feature map ``(N, C, h, w)`` or embeddings ``(N, D)``.
-        A module is copied, never modified.
-    weights : str, path, torchvision WeightsEnum or None, default="DEFAULT"
-        ``"DEFAULT"``, a torchvision weights name (``"IMAGENET1K_V1"``), a path to
-        a state-dict file or to a directory holding torchvision's file, or None
-        for random initialisation. Looked up offline first (see README).
+    {backbone_params}
     layer : str or None, default=None
         Take the pooled output of this module (named as in the torchvision or
         timm network, e.g. ``"layer3"`` or ``"features.13"``) instead of the
         last feature map. The forward pass stops at that layer.
-    pooling : {"avg", "max", "gem"}, default="avg"
-        Global pooling of the feature map; ``"gem"`` is generalised-mean (p=3).
-    image_size : int or None, default=None
-        Side of the square crop fed to the network; None uses the weights'
-        native size (224 for most). Smaller is faster.
-    image_shape : tuple or None, default=None
-        ``(H, W)`` or ``(H, W, C)`` of flattened rows, for 2-D ``X`` such as
-        ``load_digits().data``.
+    {preprocessing_params}
     batch_size : int or "auto", default="auto"
         Images per forward pass; ``"auto"`` is 256 on CUDA, 32 on CPU. On an
         out-of-memory error batches are halved and retried.
@@ -119,15 +102,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     ----------
     backbone_ : torch.nn.Module
         The embedding module (normalisation, trunk, pooling) with its weights.
-    data_config_ : DataConfig
-        Resolved preprocessing: ``crop_size``, ``resize_size``, ``interpolation``,
-        ``mean``, ``std``.
-    n_features_out_ : int
-        Embedding width.
-    weights_ : str or None
-        Which weights were loaded (torchvision name or file path).
-    weights_sha256_ : str or None
-        sha256 of the weights file.
+    {backbone_attributes}
     n_features_in_ : int
         Only for flattened 2-D input: the number of values per row.
 
@@ -146,20 +121,11 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     """
 
     _parameter_constraints: dict = {
-        "backbone": [str, torch.nn.Module],
-        "weights": [str, os.PathLike, Enum, None],
+        **IMAGE_PARAMETER_CONSTRAINTS,
         "layer": [str, None],
-        "pooling": [StrOptions(set(POOLINGS))],
-        "image_size": [Interval(Integral, 1, None, closed="left"), None],
-        "image_shape": [tuple, list, None],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "device": [str, torch.device],
-        "precision": [StrOptions({"auto", *PRECISIONS})],
-        "num_workers": [Interval(Integral, 0, None, closed="left")],
         "compile": ["boolean"],
         "progress": ["boolean", StrOptions({"auto"})],
         "on_error": [StrOptions(set(ON_ERROR))],
-        "random_state": ["random_state"],
         "cache": [str, os.PathLike, joblib.Memory, EmbeddingCache, None],
     }
 
@@ -172,6 +138,11 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         pooling="avg",
         image_size=None,
         image_shape=None,
+        mean=None,
+        std=None,
+        interpolation=None,
+        crop_pct=None,
+        value_range=None,
         batch_size="auto",
         device="auto",
         precision="auto",
@@ -188,6 +159,11 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.pooling = pooling
         self.image_size = image_size
         self.image_shape = image_shape
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        self.crop_pct = crop_pct
+        self.value_range = value_range
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -197,14 +173,6 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.on_error = on_error
         self.random_state = random_state
         self.cache = cache
-
-    def _image_source(self, X, reset: bool):
-        if isinstance(X, np.ndarray) and X.ndim == 2 and self.image_shape is not None:
-            # Flattened images are ordinary 2-D sklearn data: validate them so.
-            X = validate_data(self, X, reset=reset, dtype=None, ensure_min_features=1)
-        elif reset and hasattr(self, "n_features_in_"):
-            del self.n_features_in_  # left from an earlier fit on flattened input
-        return as_image_source(X, self.image_shape)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -222,23 +190,22 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         -------
         self : PretrainedCNNFeaturizer
         """
+        self._check_image_params()
         self._image_source(X, reset=True)
         resolve_device(self.device)  # a device this machine lacks fails in fit
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        self._build_args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size, seed)
+        seed = self._random_seed()
+        args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size)
+        self._build_args = (*args, self._preprocessing(), seed)
         # With a cache, a run may find every row stored: then the network is never needed, so
         # building it waits for the first cache miss (backbone_), where the parameters allow.
-        built = describe_embedder(*self._build_args[:5]) if self.cache is not None else None
+        built = describe_embedder(*args, preprocessing=self._preprocessing()) if self.cache is not None else None
         if built is None:
-            built = build_embedder(*self._build_args[:5], seed=seed)
+            built = build_embedder(*args, seed=seed, preprocessing=self._preprocessing())
             self._backbone = _inference_backbone(built)
         else:
             self._backbone = None
         self._compiled = {}  # torch.compile graphs of this fit, per device (never pickled)
-        self.data_config_ = built.data_config
-        self.n_features_out_ = built.n_features
-        self.weights_ = built.weights.name
-        self.weights_sha256_ = built.weights.sha256
+        self._set_backbone_attributes(built)
         # Hashing a state dict can take a fraction of a second: once per fit, only when caching.
         self._cache_fingerprint = model_fingerprint(self) if self.cache is not None else None
         return self
@@ -298,8 +265,8 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 raise AttributeError("'PretrainedCNNFeaturizer' object has no attribute 'backbone_' (not fitted)")
             with _BUILD_LOCK:  # threads sharing a lazily built featurizer build it once
                 if self.__dict__.get("_backbone") is None:
-                    *args, seed = self._build_args  # the parameters of fit, whatever set_params did since
-                    built = build_embedder(*args, seed=seed)
+                    *args, preprocessing, seed = self._build_args  # fit's parameters, whatever set_params did since
+                    built = build_embedder(*args, seed=seed, preprocessing=preprocessing)
                     if built.weights.sha256 != self.weights_sha256_:
                         raise ValueError(
                             f"The weights file of {self.weights_!r} changed since fit (sha256 "

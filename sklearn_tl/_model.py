@@ -187,30 +187,33 @@ def _user_module(backbone: nn.Module, weights) -> tuple[nn.Module, ResolvedWeigh
     return module, resolved
 
 
-def build_embedder(backbone, weights, layer=None, pooling="avg", image_size=None, seed=None) -> BuiltBackbone:
+def build_embedder(
+    backbone, weights, layer=None, pooling="avg", image_size=None, seed=None, preprocessing=None
+) -> BuiltBackbone:
     """Build the embedding module and its preprocessing from estimator params.
 
     ``seed`` makes random initialisation reproducible without touching the
-    caller's global torch random state.
+    caller's global torch random state. ``preprocessing`` holds the explicit
+    ``mean``, ``std``, ``interpolation`` and ``crop_pct`` (None: native).
     """
     if seed is None:
-        return _build_embedder(backbone, weights, layer, pooling, image_size)
+        return _build_embedder(backbone, weights, layer, pooling, image_size, preprocessing)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _build_embedder(backbone, weights, layer, pooling, image_size)
+        return _build_embedder(backbone, weights, layer, pooling, image_size, preprocessing)
 
 
-def _build_embedder(backbone, weights, layer, pooling, image_size) -> BuiltBackbone:
+def _build_embedder(backbone, weights, layer, pooling, image_size, preprocessing) -> BuiltBackbone:
     if isinstance(backbone, nn.Module):
         trunk, resolved = _user_module(backbone, weights)
-        spec, native = None, DataConfig()
+        spec, native = None, native_data_config(None, resolved, trunk)
     else:
         spec = get_backbone_spec(backbone)
         resolved = resolve_weights(spec, weights)
         network = _network_for(spec, resolved)
         native = native_data_config(spec, resolved, network)
         trunk = spec.build_trunk(network)
-    config = _checked_config(native, image_size, backbone)
+    config = _checked_config(native, image_size, backbone, preprocessing)
     module = ImageEmbedder(trunk, config.mean, config.std, pooling=pooling, layer=layer)
     module.eval()
     if layer is not None:
@@ -221,8 +224,8 @@ def _build_embedder(backbone, weights, layer, pooling, image_size) -> BuiltBackb
     return BuiltBackbone(module, spec, resolved, config, n_features)
 
 
-def _checked_config(native: DataConfig, image_size, backbone) -> DataConfig:
-    config = resolve_data_config(native, image_size)
+def _checked_config(native: DataConfig, image_size, backbone, preprocessing=None) -> DataConfig:
+    config = resolve_data_config(native, image_size, **(preprocessing or {}))
     if config.crop_size < config.min_size:
         raise ValueError(
             f"image_size={config.crop_size} is too small for backbone {backbone!r}: "
@@ -231,7 +234,9 @@ def _checked_config(native: DataConfig, image_size, backbone) -> DataConfig:
     return config
 
 
-def describe_embedder(backbone, weights, layer=None, pooling="avg", image_size=None) -> BuiltBackbone | None:
+def describe_embedder(
+    backbone, weights, layer=None, pooling="avg", image_size=None, preprocessing=None
+) -> BuiltBackbone | None:
     """What :func:`build_embedder` would build, without building it (``module`` is None).
 
     Possible when the preprocessing, width and weights identity are known from
@@ -245,7 +250,7 @@ def describe_embedder(backbone, weights, layer=None, pooling="avg", image_size=N
         return None
     GlobalPool(pooling)  # validates it, as building would
     resolved = resolve_weights(spec, weights)
-    config = _checked_config(native_data_config(spec, resolved, None), image_size, backbone)
+    config = _checked_config(native_data_config(spec, resolved, None), image_size, backbone, preprocessing)
     return BuiltBackbone(None, spec, resolved, config, spec.n_features)
 
 

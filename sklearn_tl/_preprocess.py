@@ -78,7 +78,8 @@ def native_data_config(spec, weights, network) -> DataConfig:
     from ._weights import weights_enum_for
 
     if spec is None:
-        return DataConfig()
+        # A user's module: a timm model instance carries its own pretrained_cfg; others get ImageNet's.
+        return _from_timm(network) if isinstance(getattr(network, "pretrained_cfg", None), dict) else DataConfig()
     if spec.source == "timm":
         return _from_timm(network)
     member = weights.enum
@@ -90,20 +91,27 @@ def native_data_config(spec, weights, network) -> DataConfig:
     return _from_torchvision(member) if member is not None else DataConfig()
 
 
-def resolve_data_config(native: DataConfig, image_size=None) -> DataConfig:
-    """Apply explicit arguments over the native config.
+def resolve_data_config(
+    native: DataConfig, image_size=None, mean=None, std=None, interpolation=None, crop_pct=None
+) -> DataConfig:
+    """Apply explicit arguments (None: keep the native value) over the native config.
 
-    ``image_size`` sets the crop; the resize keeps the native crop fraction.
+    ``image_size`` sets the crop; ``crop_pct`` the crop's share of the resized
+    side (timm's name), else the resize keeps the native crop fraction.
     """
-    if image_size is None:
-        return native
-    fraction = native.crop_size / native.resize_size
+    crop = native.crop_size if image_size is None else int(image_size)
+    if crop_pct is not None:
+        resize = int(math.floor(crop / float(crop_pct)))  # as timm
+    elif image_size is None:
+        resize = native.resize_size
+    else:
+        resize = int(round(crop / (native.crop_size / native.resize_size)))
     return DataConfig(
-        crop_size=int(image_size),
-        resize_size=int(round(image_size / fraction)),
-        interpolation=native.interpolation,
-        mean=native.mean,
-        std=native.std,
+        crop_size=crop,
+        resize_size=resize,
+        interpolation=native.interpolation if interpolation is None else str(interpolation),
+        mean=native.mean if mean is None else tuple(float(m) for m in mean),
+        std=native.std if std is None else tuple(float(s) for s in std),
         min_size=native.min_size,
     )
 

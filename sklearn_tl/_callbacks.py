@@ -1,0 +1,136 @@
+"""Training callbacks: what trains when, and at which learning rate.
+
+Both are ordinary skorch callbacks whose settings are constructor arguments,
+so they work on any skorch net; :class:`~sklearn_tl.FineTuneClassifier`
+creates them from its ``freeze``, ``unfreeze_after`` and ``lr_schedule``
+parameters in ``initialize()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from torch import nn
+
+__all__ = ["FreezeSchedule", "PhaseCosineLR", "unwrapped_module"]
+
+
+def unwrapped_module(net) -> nn.Module:
+    """The net's module, looking through ``torch.compile``."""
+    return getattr(net.module_, "_orig_mod", net.module_)
+
+
+class FreezeSchedule(Callback):
+    """Keep ``frozen`` fixed; for the first ``unfreeze_after`` epochs, also every ``prefix`` parameter.
+
+    Sets ``requires_grad`` at the start of every epoch from the epoch's
+    number in the history, so ``partial_fit`` continues where ``fit``
+    stopped. Records the number of trainable parameters in the history as
+    ``trainable``.
+
+    Parameters
+    ----------
+    frozen : sequence of str, default=()
+        Names of the module's parameters that never train.
+    unfreeze_after : int, default=0
+        Number of first epochs in which every parameter whose name starts
+        with ``prefix`` is frozen too (head-only training).
+    prefix : str, default="embedder."
+        The parameters frozen during the first phase (the backbone's).
+    """
+
+    def __init__(self, frozen=(), unfreeze_after=0, prefix="embedder."):
+        self.frozen = frozen
+        self.unfreeze_after = unfreeze_after
+        self.prefix = prefix
+
+    def on_epoch_begin(self, net, **kwargs):
+        epoch = len(net.history)  # 1-based: the row of this epoch exists
+        network = unwrapped_module(net)
+        if epoch <= self.unfreeze_after:
+            frozen = {n for n, _ in network.named_parameters() if n.startswith(self.prefix)}
+        else:
+            frozen = set(self.frozen)
+        trainable = 0
+        for name, param in network.named_parameters():
+            param.requires_grad_(name not in frozen)
+            trainable += 0 if name in frozen else param.numel()
+        net.history.record("trainable", trainable)
+
+
+class PhaseCosineLR(Callback):
+    """Per-batch learning rate: linear warm-up, then cosine decay, in each phase.
+
+    The phases are the first ``phase_epochs`` epochs (head-only training)
+    and the rest of the call to ``fit`` / ``partial_fit``; each gets its own
+    cycle, so newly unfrozen layers start with a warm-up. Every parameter
+    group is scaled from its own base learning rate, which keeps
+    discriminative rates. The steps per epoch are the batches of the net's
+    training iterator.
+
+    Parameters
+    ----------
+    warmup_fraction : float, default=0.1
+        Fraction of each phase's steps spent warming up linearly.
+    final_factor : float, default=0.01
+        The learning rate at the end of a phase, relative to the base.
+    phase_epochs : int, default=0
+        Length of the first phase in epochs; 0 is one phase.
+    """
+
+    BASE_KEY = "sklearn_tl_base_lr"
+
+    def __init__(self, warmup_fraction=0.1, final_factor=0.01, phase_epochs=0):
+        self.warmup_fraction = warmup_fraction
+        self.final_factor = final_factor
+        self.phase_epochs = phase_epochs
+
+    def _groups(self, net):
+        for name in net._optimizers:
+            yield from getattr(net, name + "_").param_groups
+
+    def on_train_begin(self, net, **kwargs):
+        self.first_epoch_ = len(net.history) + 1
+        self.last_epoch_ = self.first_epoch_ + net.max_epochs - 1
+        for group in self._groups(net):
+            group.setdefault(self.BASE_KEY, group["lr"])
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        epoch = len(net.history)
+        per_epoch = max(1, len(net.get_iterator(dataset_train, training=True)))
+        boundary = self.phase_epochs
+        if epoch <= boundary:
+            start, end = self.first_epoch_, min(boundary, self.last_epoch_)
+        else:
+            start, end = max(self.first_epoch_, boundary + 1), self.last_epoch_
+        end = max(end, epoch)
+        self.steps_ = (end - start + 1) * per_epoch
+        self.step_ = (epoch - start) * per_epoch
+
+    def factor(self, step: int, total: int) -> float:
+        warmup = int(round(self.warmup_fraction * total)) if self.warmup_fraction > 0 else 0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup + 1) / max(1, total - warmup))  # the last step ends at final_factor
+        return self.final_factor + (1.0 - self.final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if not training:
+            return
+        scale = self.factor(self.step_, self.steps_)
+        self.step_ += 1
+        for group in self._groups(net):
+            group["lr"] = group[self.BASE_KEY] * scale
+
+    def on_epoch_end(self, net, **kwargs):
+        net.history.record("lr", list(self._groups(net))[-1]["lr"])  # the head's group
+
+
+def valid_accuracy(net, X, y):
+    """Accuracy on the encoded validation targets (works with skorch's caching)."""
+    logits = net.forward(X)
+    y = np.asarray(y if not isinstance(y, torch.Tensor) else y.cpu().numpy())
+    return float(np.mean(logits.argmax(1).cpu().numpy() == y.reshape(-1)))

@@ -1,0 +1,282 @@
+"""How the fine-tuner trains on images: skorch's data, label, device, precision and optimizer hooks.
+
+:class:`ImageTrainingMixin` overrides the skorch ``NeuralNet`` methods that
+decide where and how a batch is trained: the image dataset (augmented for
+training only), loaders that never leave a BatchNorm a last batch of one,
+autocast with a gradient scaler whose gradients are unscaled before callbacks
+see them, BatchNorm statistics of frozen layers kept, and the pretrained
+layers' own learning rate; labels of any sklearn kind encoded against
+``classes_``; inference on the device ``device`` names at call time, and
+pickles that load on a machine without the training device. It needs the attributes the estimator resolves in
+``initialize()``: ``device_``, ``autocast_dtype_``, ``grad_scaler_`` and
+``data_config_``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
+from skorch.dataset import ValidSplit, unpack_data
+from skorch.utils import is_dataset, to_tensor
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Subset
+
+from ._callbacks import unwrapped_module
+from ._engine import autocast_context, make_loader, resolve_batch_size, resolve_device, to_model_input
+from ._freeze import BACKBONE_PREFIX
+from ._images import ImageDataset, collate_images
+from ._preprocess import ImageTransform
+
+__all__ = ["ImageTrainingMixin"]
+
+
+def _augmented(dataset, transform):
+    """``dataset`` with the training transform, if it is one of ours."""
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, ImageDataset):
+        inner = dataset.dataset
+        return Subset(ImageDataset(inner.source, transform, inner.targets), dataset.indices)
+    if isinstance(dataset, ImageDataset):
+        return ImageDataset(dataset.source, transform, dataset.targets)
+    return dataset
+
+
+def _has_nan_label(y: np.ndarray) -> bool:
+    if y.dtype.kind == "f":
+        return bool(np.isnan(y).any())
+    if y.dtype.kind == "O":
+        return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in y)
+    return False
+
+
+class ImageTrainingMixin:
+    """skorch ``NeuralNet`` hooks for training an image network (mixed in before the net class)."""
+
+    def _make_grad_scaler(self):
+        if self.device_.type == "cuda" and self.autocast_dtype_ == torch.float16:
+            return torch.amp.GradScaler("cuda")
+        return None
+
+    def _initialize_module(self, reason=None):
+        # skorch's version moves the module to ``self.device``, which may be "auto".
+        with self._current_init_context("module"):
+            if reason and self.initialized_ and self.verbose:
+                print(reason)
+            self.initialize_module()
+            self.module_ = self.torch_compile(self.module_, name="module")
+        return self
+
+    def _initialize_criterion(self, reason=None):
+        with self._current_init_context("criterion"):
+            if reason and self.initialized_ and self.verbose:
+                print(reason)
+            self.initialize_criterion()
+            if isinstance(self.criterion_, nn.Module):
+                self.criterion_ = self.criterion_.to(self.device_)
+        return self
+
+    def get_all_learnable_params(self):
+        seen = set()
+        modules = [unwrapped_module(self)] + [getattr(self, name + "_") for name in self._criteria]
+        for module in modules:
+            for name, param in getattr(module, "named_parameters", lambda: [])():
+                if param not in seen:
+                    seen.add(param)
+                    yield name, param
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's parameter groups, plus the pretrained layers at ``lr * backbone_lr_scale``."""
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix != "optimizer" or self.backbone_lr_scale == 1:
+            return args, kwargs
+        groups = args[0]
+        if groups and set(groups[-1]) == {"params"}:
+            rest = groups.pop()  # skorch's group of the parameters no user group claimed
+            network = unwrapped_module(self)
+            backbone_ids = {id(p) for n, p in network.named_parameters() if n.startswith(BACKBONE_PREFIX)}
+            pretrained = [p for p in rest["params"] if id(p) in backbone_ids]
+            others = [p for p in rest["params"] if id(p) not in backbone_ids]
+            if pretrained:
+                groups.append({"params": pretrained, "lr": kwargs["lr"] * self.backbone_lr_scale})
+            if others:
+                groups.append({"params": others})
+        return args, kwargs
+
+    def get_dataset(self, X, y=None):
+        if is_dataset(X):
+            return X
+        return ImageDataset(self._image_source(X, reset=False), ImageTransform(self.data_config_), targets=y)
+
+    def _train_transform(self):
+        if self.augment is False:
+            return ImageTransform(self.data_config_)
+        scale = (0.35, 1.0) if self.augment is True else tuple(self.augment)
+        return ImageTransform(self.data_config_, augment=True, scale=scale)
+
+    def _resolved_train_split(self):
+        if self.train_split is not None or not self.early_stopping:
+            return self.train_split
+        return ValidSplit(self.validation_fraction, stratified=True, random_state=getattr(self, "_fit_seed", None))
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        dataset = self.get_dataset(X, y)
+        split = self._resolved_train_split()
+        if split:
+            dataset_train, dataset_valid = (
+                split(dataset, y, **fit_params) if y is not None else split(dataset, **fit_params)
+            )
+        else:
+            dataset_train, dataset_valid = dataset, None
+        return _augmented(dataset_train, self._train_transform()), dataset_valid
+
+    def _loader_batch_size(self, kwargs: dict, n: int) -> int:
+        batch_size = kwargs.pop("batch_size", self.batch_size)
+        return n if batch_size == -1 else resolve_batch_size(batch_size, self.device_)
+
+    def _drops_last(self, kwargs: dict, n: int, batch_size: int) -> bool:
+        # A last batch of one image breaks BatchNorm in training mode.
+        return kwargs.get("drop_last", n > batch_size and n % batch_size == 1)
+
+    def get_iterator(self, dataset, training=False):
+        prefix = "iterator_train" if training else "iterator_valid"
+        kwargs = self.get_params_for(prefix)
+        iterator = getattr(self, prefix)
+        n = len(dataset)
+        batch_size = self._loader_batch_size(kwargs, n)
+        if training:
+            kwargs["drop_last"] = self._drops_last(kwargs, n, batch_size)
+        num_workers = kwargs.pop("num_workers", self.num_workers)
+        shuffle = kwargs.pop("shuffle", training)
+        if iterator is DataLoader:
+            return make_loader(dataset, batch_size, self.device_, num_workers, shuffle=shuffle, **kwargs)
+        kwargs.setdefault("collate_fn", collate_images)
+        return iterator(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, **kwargs)
+
+    def infer(self, x, **fit_params):
+        x = to_model_input(x, self.device_, channels_last=True)
+        with autocast_context(self.device_, self.autocast_dtype_):
+            return self.module_(x, **fit_params)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        y_pred = y_pred.float()
+        if isinstance(self.criterion_, nn.NLLLoss):
+            y_pred = torch.log_softmax(y_pred, dim=1)
+        return self.criterion_(y_pred, to_tensor(y_true, device=self.device_))
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if self.grad_scaler_ is None:
+            loss.backward()
+        else:
+            self.grad_scaler_.scale(loss).backward()
+            for name in self._optimizers:  # before on_grad_computed: callbacks (clipping) see true gradients
+                self.grad_scaler_.unscale_(getattr(self, name + "_"))
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _step_optimizer(self, step_fn):
+        if self.grad_scaler_ is None:
+            return super()._step_optimizer(step_fn)
+        step_fn()
+        for name in self._optimizers:
+            self.grad_scaler_.step(getattr(self, name + "_"))
+        self.grad_scaler_.update()
+
+    def _set_training(self, training=True):
+        super()._set_training(training)
+        if not training:
+            return
+        network = unwrapped_module(self)
+        backbone_frozen = not any(p.requires_grad for p in network.embedder.parameters())
+        for module in network.modules():
+            if isinstance(module, _BatchNorm):
+                params = list(module.parameters(recurse=False))
+                if (params and not any(p.requires_grad for p in params)) or (not params and backbone_frozen):
+                    module.eval()  # frozen: keep the pretrained running statistics
+
+    # -- labels ----------------------------------------------------------------
+
+    def _check_labels(self, y, reset: bool, classes=None) -> np.ndarray:
+        """``y`` as a 1-D array of classification labels, checked before ``X``."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+        y = column_or_1d(y, warn=True)
+        if y.size == 0:
+            raise ValueError("y is empty: at least one labelled image is required.")
+        if _has_nan_label(y):
+            raise ValueError("y contains NaN or None labels; every image needs a label.")
+        check_classification_targets(y)
+        if reset and self.classes is None and classes is None and len(np.unique(y)) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 classes to learn from; y has only one class: {y[0]!r}."
+            )
+        return y
+
+    def _encode_labels(self, y: np.ndarray, n_samples: int, reset: bool, classes=None) -> np.ndarray:
+        if len(y) != n_samples:
+            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels; they must match.")
+        if reset:
+            given = self.classes if self.classes is not None else classes
+            known = np.unique(y) if given is None else np.asarray(given)
+            if len(known) < 2:
+                raise ValueError(
+                    f"FineTuneClassifier needs at least 2 classes to learn from; y has only one class: {known[0]!r}."
+                )
+            self.classes_inferred_ = np.unique(known) if self.classes is None else known
+        known = self.classes_
+        order = np.argsort(known, kind="stable")
+        positions = np.clip(np.searchsorted(known[order], y), 0, len(known) - 1)
+        encoded = order[positions]
+        unseen = known[encoded] != y
+        if unseen.any():
+            raise ValueError(
+                f"y contains labels not among classes_ {known.tolist()!r}: {sorted(set(y[unseen].tolist()))!r}."
+            )
+        return encoded.astype(np.int64)
+
+    def check_data(self, X, y):
+        pass  # validated in fit; skorch's version would overwrite classes_ with codes
+
+    # -- devices ---------------------------------------------------------------
+
+    def _inference_device(self) -> torch.device:
+        """The device ``device`` names now (not the training one), or the CPU for a loaded model's missing one."""
+        if "_missing_device" in self.__dict__ and self.device == self._missing_device:
+            return torch.device("cpu")
+        return resolve_device(self.device)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("grad_scaler_", None)  # rebuilt for the loading machine's device
+        state.pop("_missing_device", None)
+        return state
+
+    def __setstate__(self, state):
+        requested = state["device"]
+        target = torch.device("cpu")
+        missing = False
+        if "device_" in state:
+            try:
+                target = resolve_device(requested)
+            except ValueError:
+                missing = True
+                warnings.warn(
+                    f"This model asks for device={requested!r}, which this machine lacks; it runs on the CPU.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        state["device"] = str(target)  # what skorch maps the tensors to
+        super().__setstate__(state)
+        self.device = requested  # the user's parameter, untouched
+        if missing:
+            self._missing_device = requested  # inference falls back to the CPU while device is this
+        if "device_" in state:
+            self.device_ = target
+            self.grad_scaler_ = self._make_grad_scaler()
