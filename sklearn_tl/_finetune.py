@@ -33,12 +33,12 @@ from ._engine import (
     resolve_device,
     resolve_precision,
 )
+from ._finetune_hooks import ImageTrainingMixin
 from ._freeze import BACKBONE_PREFIX, FREEZE_HELP, backbone_blocks, check_freeze_syntax, resolve_freeze
 from ._head import FineTuneNetwork, build_head
 from ._images import ImageDataset
 from ._model import build_embedder
 from ._preprocess import ImageTransform
-from ._finetune_hooks import ImageTrainingMixin
 
 __all__ = [
     "FREEZE_HELP",
