@@ -430,6 +430,11 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
+        if value_range is not None and any(_is_path(x) or isinstance(x, Image.Image) for x in X):
+            raise ValueError(
+                "value_range applies to arrays and tensors only; image files and PIL images are decoded "
+                "to their own range: pass value_range=None."
+            )
         return ListSource(list(X), value_range)
     if isinstance(X, torch.Tensor):
         return _tensor_source(X, value_range)
@@ -439,6 +444,8 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
             "PIL images, arrays or file paths."
         )
     if X.dtype.kind in "OUS":
+        if value_range is not None:
+            raise ValueError("value_range applies to arrays and tensors of numbers; X holds paths: pass None.")
         if X.ndim == 2 and X.shape[1] == 1:
             X = X[:, 0]  # one column of paths, as ColumnTransformer passes ["path"]
         if X.ndim != 1:
