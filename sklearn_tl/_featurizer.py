@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
 from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset, as_image_source
-from ._model import POOLINGS, build_embedder, describe_embedder, fold_batchnorm
+from ._model import POOLINGS, build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
 from ._preprocess import ImageTransform
 
 __all__ = ["PretrainedCNNFeaturizer"]
@@ -66,10 +66,14 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         ``"DEFAULT"``, a torchvision weights name (``"IMAGENET1K_V1"``), a path to
         a state-dict file or to a directory holding torchvision's file, or None
         for random initialisation. Looked up offline first (see README).
-    layer : str or None, default=None
+    layer : str, list of str or None, default=None
         Take the pooled output of this module (named as in the torchvision or
         timm network, e.g. ``"layer3"`` or ``"features.13"``) instead of the
-        last feature map. The forward pass stops at that layer.
+        last feature map; with a list, each layer's pooled output, concatenated
+        in the order given. The network is cut after the last of them when it
+        is built, so the forward pass stops there. Feature names are then
+        ``<layer>_<pooling>_<i>``, dots in the layer name replaced by underscores
+        (``layer3_avg_17``).
     pooling : {"avg", "max", "gem"}, default="avg"
         Global pooling of the feature map; ``"gem"`` is generalised-mean (p=3).
     image_size : int or None, default=None
@@ -148,7 +152,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     _parameter_constraints: dict = {
         "backbone": [str, torch.nn.Module],
         "weights": [str, os.PathLike, Enum, None],
-        "layer": [str, None],
+        "layer": [str, list, tuple, None],
         "pooling": [StrOptions(set(POOLINGS))],
         "image_size": [Interval(Integral, 1, None, closed="left"), None],
         "image_shape": [tuple, list, None],
@@ -239,6 +243,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.n_features_out_ = built.n_features
         self.weights_ = built.weights.name
         self.weights_sha256_ = built.weights.sha256
+        self._layer_widths = built.layer_widths
         # Hashing a state dict can take a fraction of a second: once per fit, only when caching.
         self._cache_fingerprint = model_fingerprint(self) if self.cache is not None else None
         return self
@@ -315,6 +320,24 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     @property
     def _n_features_out(self):
         return self.n_features_out_
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: ``pretrainedcnnfeaturizer<i>``, or ``<layer>_<pooling>_<i>`` with ``layer``.
+
+        Parameters
+        ----------
+        input_features : ignored
+            Validated against the names seen in ``fit``, as scikit-learn does.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        names = super().get_feature_names_out(input_features)
+        widths = self.__dict__.get("_layer_widths")
+        if widths is None:
+            return names
+        return np.asarray(layer_feature_names(widths, self._build_args[3]), dtype=object)
 
     def __getstate__(self):
         if "_build_args" in self.__dict__:
