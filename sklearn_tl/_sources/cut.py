@@ -28,17 +28,17 @@ class CutTrunk(nn.Module):
     """A trunk cut after ``layers``: images → a tuple of their outputs, in that order.
 
     ``root_path`` is where, under this module, the original network's names start
-    (``"graph"``, or ``"graph.network"`` for a timm model).
+    (``"body"``, or ``"body.network"`` for a timm model).
     """
 
-    def __init__(self, graph: nn.Module, layers: tuple, root_path: str):
+    def __init__(self, body: nn.Module, layers: tuple, root_path: str):
         super().__init__()
-        self.graph = graph
+        self.body = body
         self.layers = tuple(layers)
         self.root_path = root_path
 
     def forward(self, x: torch.Tensor) -> tuple:
-        return self.graph(x)
+        return self.body(x)
 
 
 class HookedLayers(nn.Module):
@@ -130,10 +130,10 @@ def cut_trunk(trunk: nn.Module, layers: tuple, probe: torch.Tensor, root_path: s
         graph = _fx_graph(trunk, [prefix + name for name in layers], extractor)
         with torch.inference_mode():
             if _same(graph(probe), expected):
-                return CutTrunk(graph, layers, _joined("graph", root_path))
+                return CutTrunk(graph, layers, _joined("body", root_path))
     except Exception:  # noqa: BLE001  (FX cannot trace every module: the hooks below always work)
         pass
-    return CutTrunk(HookedLayers(trunk, layers, root_path), layers, _joined("graph.trunk", root_path))
+    return CutTrunk(HookedLayers(trunk, layers, root_path), layers, _joined("body.trunk", root_path))
 
 
 def _joined(*paths: str) -> str:
