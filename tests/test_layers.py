@@ -132,6 +132,13 @@ class TestTheCutModule:
             torch.testing.assert_close(torch.cat([m.mean((2, 3)) for m in maps], dim=1), expected)
             torch.testing.assert_close(exported.module()(x), expected)
 
+    @pytest.mark.slow
+    def test_torch_compile_runs_the_cut(self, images):
+        module = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.ReLU())
+        eager = featurizer(backbone=module, layer=["2", "4"], batch_size=8).fit(images)
+        compiled = featurizer(backbone=module, layer=["2", "4"], batch_size=8, compile=True).fit(images)
+        np.testing.assert_allclose(compiled.transform(images), eager.transform(images), rtol=1e-5, atol=1e-6)
+
     def test_onnx_export(self, images, tmp_path):
         pytest.importorskip("onnxscript")  # torch.onnx.export's exporter, with the onnx extra
         module = featurizer(layer=["layer3", "layer1"]).fit(images).backbone_
