@@ -7,6 +7,7 @@ import os
 import threading
 
 import joblib
+import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
@@ -16,7 +17,7 @@ from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
 from ._engine import for_inference, forward_batches, module_device, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset
-from ._model import build_embedder, describe_embedder, fold_batchnorm
+from ._model import build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
 from ._preprocess import ImageTransform
 
 __all__ = ["PretrainedCNNFeaturizer"]
@@ -56,10 +57,14 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
     Parameters
     ----------
     {backbone_params}
-    layer : str or None, default=None
+    layer : str, list of str or None, default=None
         Take the pooled output of this module (named as in the torchvision or
         timm network, e.g. ``"layer3"`` or ``"features.13"``) instead of the
-        last feature map. The forward pass stops at that layer.
+        last feature map; with a list, each layer's pooled output, concatenated
+        in the order given. The network is cut after the last of them when it
+        is built, so the forward pass stops there. Feature names are then
+        ``<layer>_<pooling>_<i>``, dots in the layer name replaced by underscores
+        (``layer3_avg_17``).
     {preprocessing_params}
     batch_size : int or "auto", default="auto"
         Images per forward pass; ``"auto"`` is 256 on CUDA, 32 on CPU. On an
@@ -122,7 +127,7 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
 
     _parameter_constraints: dict = {
         **IMAGE_PARAMETER_CONSTRAINTS,
-        "layer": [str, None],
+        "layer": [str, list, tuple, None],
         "compile": ["boolean"],
         "progress": ["boolean", StrOptions({"auto"})],
         "on_error": [StrOptions(set(ON_ERROR))],
@@ -206,6 +211,7 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
             self._backbone = None
         self._compiled = {}  # torch.compile graphs of this fit, per device (never pickled)
         self._set_backbone_attributes(built)
+        self._layer_widths = built.layer_widths
         # Hashing a state dict can take a fraction of a second: once per fit, only when caching.
         self._cache_fingerprint = model_fingerprint(self) if self.cache is not None else None
         return self
@@ -282,6 +288,24 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
     @property
     def _n_features_out(self):
         return self.n_features_out_
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: ``pretrainedcnnfeaturizer<i>``, or ``<layer>_<pooling>_<i>`` with ``layer``.
+
+        Parameters
+        ----------
+        input_features : ignored
+            Validated against the names seen in ``fit``, as scikit-learn does.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        names = super().get_feature_names_out(input_features)
+        widths = self.__dict__.get("_layer_widths")
+        if widths is None:
+            return names
+        return np.asarray(layer_feature_names(widths, self._build_args[3]), dtype=object)
 
     def __getstate__(self):
         if "_build_args" in self.__dict__:

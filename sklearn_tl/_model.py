@@ -7,17 +7,17 @@
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ._backbones import BackboneSpec, TimmTrunk, get_backbone_spec
-from ._preprocess import DataConfig, native_data_config, resolve_data_config
-from ._weights import ResolvedWeights, check_hash, load_state_dict_file, resolve_weights
+from ._preprocess import DataConfig, resolve_data_config
+from ._sources import source_for
+from ._sources.cut import CutTrunk
+from ._sources.timm import TimmTrunk
+from ._weights import ResolvedWeights
 
 __all__ = [
     "GlobalPool",
@@ -57,34 +57,23 @@ class GlobalPool(nn.Module):
         return x.float().clamp(min=1e-6).pow(self.p).mean(dim=dims).pow(1.0 / self.p)
 
 
-class _LayerReached(Exception):
-    """Raised by a forward hook to stop the forward pass at the chosen layer."""
-
-    def __init__(self, output):
-        super().__init__()
-        self.output = output
-
-
-def _stop_at_layer(_module, _inputs, output):
-    raise _LayerReached(output)
-
-
 class ImageEmbedder(nn.Module):
     """Images in [0, 1] ``(N, 3, H, W)`` → embeddings ``(N, D)``.
 
     Parameters
     ----------
     trunk : nn.Module
-        Maps normalised images to a feature map (or to embeddings).
+        Maps normalised images to a feature map (or to embeddings), or to a
+        tuple of them (a trunk cut after several layers): each is pooled, and
+        the pooled vectors are concatenated in order.
     mean, std : sequence of float
         Per-channel normalisation, applied on the device.
     pooling : {"avg", "max", "gem"}
-    layer : str or None
-        Name of a module inside ``trunk`` whose output is taken instead of the
-        trunk's; the forward pass stops there.
+    layer : str, tuple of str or None
+        The layers ``trunk`` was cut after (see :func:`build_embedder`); a record only.
     """
 
-    def __init__(self, trunk: nn.Module, mean, std, pooling: str = "avg", layer: str | None = None):
+    def __init__(self, trunk: nn.Module, mean, std, pooling: str = "avg", layer=None):
         super().__init__()
         self.trunk = trunk
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -92,26 +81,20 @@ class ImageEmbedder(nn.Module):
         self.pool = GlobalPool(pooling)
         self.layer = layer
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        if self.layer is None:
-            return self.trunk(x)
-        handle = find_layer(self.trunk, self.layer).register_forward_hook(_stop_at_layer)
-        try:
-            self.trunk(x)
-        except _LayerReached as reached:
-            return reached.output
-        finally:
-            handle.remove()
-        raise RuntimeError(f"Layer {self.layer!r} was not reached in the forward pass.")
+    def feature_map(self, x: torch.Tensor):
+        """The trunk's output on images ``x``: a feature map, or a tuple of them."""
+        return self.trunk((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.feature_map(x))
+        maps = self.feature_map(x)
+        if isinstance(maps, (tuple, list)):
+            return torch.cat([self.pool(m) for m in maps], dim=1)
+        return self.pool(maps)
 
 
 def network_root(trunk: nn.Module) -> nn.Module:
     """The module under ``trunk`` whose submodule names are the original network's."""
-    return trunk.network if isinstance(trunk, TimmTrunk) else trunk
+    return trunk.get_submodule(trunk.root_path) if isinstance(trunk, (TimmTrunk, CutTrunk)) else trunk
 
 
 def find_layer(trunk: nn.Module, name: str) -> nn.Module:
@@ -127,64 +110,33 @@ def find_layer(trunk: nn.Module, name: str) -> nn.Module:
 
 @dataclass
 class BuiltBackbone:
-    """What ``fit`` learns from the backbone parameters."""
+    """What ``fit`` learns from the backbone parameters.
 
-    module: ImageEmbedder
-    spec: BackboneSpec | None
+    ``layer_widths`` pairs each layer of ``layer=`` with its width (None without ``layer=``).
+    """
+
+    module: ImageEmbedder | None
     weights: ResolvedWeights
     data_config: DataConfig
     n_features: int
+    layer_widths: tuple | None = None
 
 
-def _load_into(network: nn.Module, weights: ResolvedWeights, label: str) -> None:
-    try:
-        network.load_state_dict(weights.state_dict, strict=True)
-    except RuntimeError as exc:
-        expected = set(network.state_dict())
-        given = set(weights.state_dict)
-        missing = sorted(expected - given)[:5]
-        unexpected = sorted(given - expected)[:5]
-        detail = f"missing keys {missing}, unexpected keys {unexpected}" if missing or unexpected else str(exc)
-        raise ValueError(f"Weights {weights.name} do not fit backbone {label}: {detail}.") from None
-
-
-def _network_for(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
-    """The full network of ``spec``, with ``weights`` loaded when there are any."""
-    if not weights.pretrained:
-        return spec.build_network(pretrained=False)
-    with torch.device("meta"):  # no random initialisation: the weights overwrite every tensor
-        network = spec.build_network(pretrained=True)
-    persistent = set(network.state_dict())
-    if any(name not in persistent for name, _ in network.named_buffers()):
-        network = spec.build_network(pretrained=True)  # non-persistent buffers need their real init
-    else:
-        network = network.to_empty(device="cpu")
-    _load_into(network, weights, repr(spec.name))  # strict: every parameter and buffer is set
-    return network
-
-
-def _user_module(backbone: nn.Module, weights) -> tuple[nn.Module, ResolvedWeights]:
-    module = copy.deepcopy(backbone)  # never train or move the caller's module
-    if weights is None:
-        # Random initialisation, as for named backbones (seeded by build_embedder).
-        for submodule in module.modules():
-            if hasattr(submodule, "reset_parameters"):
-                submodule.reset_parameters()
-        return module, ResolvedWeights(None, None, None)
-    if isinstance(weights, str) and weights == "DEFAULT":
-        # The module's own parameters are its weights.
-        return module, ResolvedWeights(None, f"{type(backbone).__name__} (as given)", None)
-    from pathlib import Path
-
-    if not isinstance(weights, (str, os.PathLike)) or not Path(weights).is_file():
+def as_layers(layer) -> tuple | None:
+    """``layer=`` as a tuple of module names (None: the last feature map)."""
+    if layer is None:
+        return None
+    layers = (layer,) if isinstance(layer, str) else tuple(layer) if isinstance(layer, (list, tuple)) else None
+    if not layers or not all(isinstance(n, str) and n for n in layers) or len(set(layers)) < len(layers):
         raise ValueError(
-            f"For a torch.nn.Module backbone, weights must be 'DEFAULT' (keep its parameters), "
-            f"None, or a state-dict file; got {weights!r}."
+            f"layer must be a module name or a non-empty list of distinct module names; got {layer!r}."
         )
-    path = Path(weights)
-    resolved = ResolvedWeights(load_state_dict_file(path), str(path), check_hash(path))
-    _load_into(module, resolved, type(backbone).__name__)
-    return module, resolved
+    return layers
+
+
+def layer_feature_names(layer_widths, pooling: str) -> list[str]:
+    """``"<layer>_<pooling>_<i>"`` for channel ``i`` of each layer, dots in names as underscores."""
+    return [f"{name.replace('.', '_')}_{pooling}_{i}" for name, width in layer_widths for i in range(width)]
 
 
 def build_embedder(
@@ -192,6 +144,8 @@ def build_embedder(
 ) -> BuiltBackbone:
     """Build the embedding module and its preprocessing from estimator params.
 
+    ``layer`` (a module name or a list of them) cuts the trunk after those
+    layers, here, once: the module then runs only up to the last of them.
     ``seed`` makes random initialisation reproducible without touching the
     caller's global torch random state. ``preprocessing`` holds the explicit
     ``mean``, ``std``, ``interpolation`` and ``crop_pct`` (None: native).
@@ -203,25 +157,26 @@ def build_embedder(
         return _build_embedder(backbone, weights, layer, pooling, image_size, preprocessing)
 
 
-def _build_embedder(backbone, weights, layer, pooling, image_size, preprocessing) -> BuiltBackbone:
-    if isinstance(backbone, nn.Module):
-        trunk, resolved = _user_module(backbone, weights)
-        spec, native = None, native_data_config(None, resolved, trunk)
-    else:
-        spec = get_backbone_spec(backbone)
-        resolved = resolve_weights(spec, weights)
-        network = _network_for(spec, resolved)
-        native = native_data_config(spec, resolved, network)
-        trunk = spec.build_trunk(network)
-    config = _checked_config(native, image_size, backbone, preprocessing)
-    module = ImageEmbedder(trunk, config.mean, config.std, pooling=pooling, layer=layer)
-    module.eval()
-    if layer is not None:
-        find_layer(trunk, layer)  # fail early with the list of layer names
-    n_features = spec.n_features if spec is not None and layer is None else 0
-    if not n_features:
-        n_features = _probe_width(module, config, backbone)
-    return BuiltBackbone(module, spec, resolved, config, n_features)
+def _build_embedder(backbone, weights, layer, pooling, image_size, preprocessing=None) -> BuiltBackbone:
+    layers = as_layers(layer)
+    GlobalPool(pooling)  # validates it before the (slow) build
+    source, described = source_for(backbone)
+    network, resolved = source.load(described, weights)
+    config = _checked_config(source.data_config(described, resolved, network), image_size, backbone, preprocessing)
+    trunk = source.make_trunk(described, network).eval()
+    if layers is not None:
+        for name in layers:
+            find_layer(trunk, name)  # fail early with the list of layer names
+        trunk = source.cut(trunk, layers, _probe(config))
+    record = layers if isinstance(layer, (list, tuple)) else layer
+    module = ImageEmbedder(trunk, config.mean, config.std, pooling=pooling, layer=record).eval()
+    width = 0 if layers is not None or isinstance(described, nn.Module) else described.n_features
+    widths = None
+    if not width:
+        widths = _probe_widths(module, config, backbone)
+        width = sum(widths)
+    layer_widths = None if layers is None else tuple(zip(layers, widths))
+    return BuiltBackbone(module, resolved, config, width, layer_widths)
 
 
 def _checked_config(native: DataConfig, image_size, backbone, preprocessing=None) -> DataConfig:
@@ -240,36 +195,44 @@ def describe_embedder(
     """What :func:`build_embedder` would build, without building it (``module`` is None).
 
     Possible when the preprocessing, width and weights identity are known from
-    the registry and the weights' metadata alone: a registered torchvision
-    backbone, named or file weights, no ``layer``. Otherwise returns None.
+    the registry and the weights' metadata alone (a registered torchvision
+    backbone, named or file weights, no ``layer``). Otherwise returns None.
     """
     if isinstance(backbone, nn.Module) or weights is None or layer is not None:
         return None
-    spec = get_backbone_spec(backbone)
-    if spec.source != "torchvision" or not spec.n_features:
+    source, spec = source_for(backbone)
+    if not source.static_data_config or not spec.n_features:
         return None
     GlobalPool(pooling)  # validates it, as building would
-    resolved = resolve_weights(spec, weights)
-    config = _checked_config(native_data_config(spec, resolved, None), image_size, backbone, preprocessing)
-    return BuiltBackbone(None, spec, resolved, config, spec.n_features)
+    resolved = source.resolve_weights(spec, weights)
+    config = _checked_config(source.data_config(spec, resolved, None), image_size, backbone, preprocessing)
+    return BuiltBackbone(None, resolved, config, spec.n_features)
 
 
-def _probe_width(module: ImageEmbedder, config: DataConfig, backbone) -> int:
-    """Embedding width from one forward pass on a blank image."""
+def _probe(config: DataConfig) -> torch.Tensor:
+    """A random image at the input size (fixed seed), for checks on a forward pass."""
+    side = max(config.crop_size, config.min_size)
+    return torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def _probe_widths(module: ImageEmbedder, config: DataConfig, backbone) -> list[int]:
+    """Width of each pooled output, from one forward pass on a blank image."""
     probe = torch.zeros(1, 3, config.crop_size, config.crop_size)
     try:
         with torch.inference_mode():
-            out = module(probe)
+            maps = module.feature_map(probe)
+            pooled = [module.pool(m) for m in (maps if isinstance(maps, (tuple, list)) else [maps])]
     except Exception as exc:
         raise ValueError(
             f"Backbone {backbone!r} failed on a {config.crop_size}x{config.crop_size} image: {exc}"
         ) from exc
-    if out.ndim != 2:
-        raise ValueError(
-            f"Backbone {backbone!r} gives outputs of shape {tuple(out.shape)}; an embedding "
-            "must be (N, D), or a feature map (N, C, h, w) to pool."
-        )
-    return int(out.shape[1])
+    for out in pooled:
+        if out.ndim != 2:
+            raise ValueError(
+                f"Backbone {backbone!r} gives outputs of shape {tuple(out.shape)}; an embedding "
+                "must be (N, D), or a feature map (N, C, h, w) to pool."
+            )
+    return [int(out.shape[1]) for out in pooled]
 
 
 def _foldable_pairs(module: nn.Module) -> list:
@@ -280,7 +243,8 @@ def _foldable_pairs(module: nn.Module) -> list:
         for first, second in zip(names, names[1:]):
             conv, norm = parent._modules[first], parent._modules[second]
             if (
-                type(conv) is nn.Conv2d
+                not (conv._forward_hooks or norm._forward_hooks)  # replacing them would drop the hooks
+                and type(conv) is nn.Conv2d
                 and type(norm) is nn.BatchNorm2d
                 and norm.track_running_stats
                 and conv.out_channels == norm.num_features
@@ -305,8 +269,7 @@ def fold_batchnorm(module: ImageEmbedder, image_size: int, min_size: int = 1) ->
     pairs = _foldable_pairs(module)
     if not pairs:
         return module
-    side = max(image_size, min_size)  # the input size transform will use: some modules need exactly it
-    probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    probe = _probe(DataConfig(crop_size=image_size, min_size=min_size))  # the size transform will use
     with torch.inference_mode():
         expected = module(probe)
     for parent, first, conv, second, norm in pairs:  # outside inference mode: ordinary tensors

@@ -46,49 +46,13 @@ class DataConfig:
         return asdict(self)
 
 
-def _from_torchvision(enum_member) -> DataConfig:
-    preset = enum_member.transforms()  # torchvision's ImageClassification preset
-    min_size = enum_member.meta.get("min_size", (1, 1))
-    return DataConfig(
-        crop_size=int(preset.crop_size[0]),
-        resize_size=int(preset.resize_size[0]),
-        interpolation=preset.interpolation.value,
-        mean=tuple(float(m) for m in preset.mean),
-        std=tuple(float(s) for s in preset.std),
-        min_size=int(max(min_size)),
-    )
-
-
-def _from_timm(network) -> DataConfig:
-    from timm.data import resolve_data_config as timm_resolve
-
-    cfg = timm_resolve({}, model=network)
-    crop = int(cfg["input_size"][-1])
-    return DataConfig(
-        crop_size=crop,
-        resize_size=int(math.floor(crop / cfg["crop_pct"])),
-        interpolation=cfg["interpolation"],
-        mean=tuple(float(m) for m in cfg["mean"]),
-        std=tuple(float(s) for s in cfg["std"]),
-    )
-
-
 def native_data_config(spec, weights, network) -> DataConfig:
-    """The architecture's own preprocessing, from the weights' metadata."""
-    from ._weights import weights_enum_for
-
+    """The architecture's own preprocessing, from the weights' metadata (its model source reads it)."""
     if spec is None:
-        # A user's module: a timm model instance carries its own pretrained_cfg; others get ImageNet's.
-        return _from_timm(network) if isinstance(getattr(network, "pretrained_cfg", None), dict) else DataConfig()
-    if spec.source == "timm":
-        return _from_timm(network)
-    member = weights.enum
-    if member is None:
-        # Random init or a bare file: the architecture's default weights still
-        # describe its native input size and preprocessing.
-        enum_cls = weights_enum_for(spec.name)
-        member = enum_cls.DEFAULT if enum_cls is not None else None
-    return _from_torchvision(member) if member is not None else DataConfig()
+        return DataConfig()
+    from ._sources import get_source
+
+    return get_source(spec.source).data_config(spec, weights, network)
 
 
 def resolve_data_config(

@@ -115,31 +115,43 @@ def _looks_like_path(value) -> bool:
 
 
 def resolve_weights(spec, weights) -> ResolvedWeights:
-    """Resolve ``weights`` for the backbone described by ``spec``."""
+    """Resolve ``weights`` for the backbone described by ``spec`` (its model source decides)."""
+    from ._sources import get_source
+
+    return get_source(spec.source).resolve_weights(spec, weights)
+
+
+def resolve_none_or_file(name: str, weights, enum_cls=None) -> ResolvedWeights | None:
+    """``None`` (no weights) or a path, for backbone ``name``; None when ``weights`` is neither.
+
+    A directory holds one of the files of ``enum_cls`` (torchvision's weights enum), if given.
+    """
     if weights is None:
         return ResolvedWeights(None, None, None)
-    enum_cls = weights_enum_for(spec.name) if spec.source == "torchvision" else None
     if isinstance(weights, (str, os.PathLike)) and _looks_like_path(weights):
         path = Path(weights).expanduser()
         if path.is_dir():
-            path = _file_in_directory(spec, enum_cls, path)
+            path = _file_in_directory(name, enum_cls, path)
         elif not path.is_file():
             raise WeightsNotFoundError(f"Weights file {str(path)!r} does not exist.")
         return _from_file(path, enum=_enum_for_file(enum_cls, path.name))
-    if spec.source == "timm":
-        if weights != "DEFAULT":
-            raise ValueError(
-                f"timm backbone {spec.name!r} accepts weights=None, 'DEFAULT' or a file path; got {weights!r}."
-            )
-        url = _timm_url(spec.name)
-        return _from_file(_find_or_download(url, f"timm's {spec.name}"), enum=None)
+    return None
+
+
+def resolve_enum_weights(name: str, weights, enum_cls) -> ResolvedWeights:
+    """A torchvision weights name or member of ``enum_cls``, found offline first."""
     if enum_cls is None:
         raise ValueError(
-            f"Backbone {spec.name!r} has no named weights; pass weights=None or a file path."
+            f"Backbone {name!r} has no named weights; pass weights=None or a file path."
         )
-    member = _enum_member(enum_cls, weights, spec.name)
+    member = _enum_member(enum_cls, weights, name)
     path = _find_or_download(member.url, f"{type(member).__name__}.{member.name}", enum_cls)
     return _from_file(path, enum=member)
+
+
+def resolve_url_weights(url: str, label: str) -> ResolvedWeights:
+    """The weights file at ``url``, found offline first."""
+    return _from_file(_find_or_download(url, label), enum=None)
 
 
 def _enum_member(enum_cls, weights, model_name):
@@ -167,7 +179,7 @@ def _enum_for_file(enum_cls, file_name):
     return None
 
 
-def _file_in_directory(spec, enum_cls, directory: Path) -> Path:
+def _file_in_directory(name, enum_cls, directory: Path) -> Path:
     candidates = []
     if enum_cls is not None:
         candidates = [enum_cls.DEFAULT] + [m for m in enum_cls if m is not enum_cls.DEFAULT]
@@ -177,24 +189,8 @@ def _file_in_directory(spec, enum_cls, directory: Path) -> Path:
                 return path
     names = ", ".join(weight_file_name(m.url) for m in candidates) or "(no known file names)"
     raise WeightsNotFoundError(
-        f"No weights file for {spec.name!r} in directory {str(directory)!r}; looked for: {names}."
+        f"No weights file for {name!r} in directory {str(directory)!r}; looked for: {names}."
     )
-
-
-def _timm_url(name):
-    from ._backbones import import_timm
-
-    timm = import_timm(name)
-    cfg = timm.models.get_pretrained_cfg(name)
-    url = getattr(cfg, "url", None) if cfg is not None else None
-    if not url:
-        hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-        where = f" (its weights are on the Hugging Face hub as {hub!r})" if hub else ""
-        raise WeightsNotFoundError(
-            f"timm's {name!r} has no direct weights URL{where}; download the state dict "
-            "(.pth or .safetensors) and pass weights='/path/to/file'."
-        )
-    return url
 
 
 def _find_or_download(url: str, label: str, enum_cls=None) -> Path:
