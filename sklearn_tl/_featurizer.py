@@ -20,6 +20,7 @@ from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runti
 from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset, as_image_source
 from ._model import POOLINGS, build_embedder, describe_embedder, fold_batchnorm
+from ._onnx import BACKENDS, backend_key, calibration_sample, resolve_backend
 from ._preprocess import ImageTransform
 
 __all__ = ["PretrainedCNNFeaturizer"]
@@ -85,11 +86,21 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
         or ``"mps"``. Resolved at each ``transform``, so a model fitted on a GPU
         runs on a CPU-only machine.
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+    precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Autocast dtype. ``"auto"``: fp16 on CUDA (a batch that overflows is
         redone in fp32), float32 on the CPU whatever the CPU (bf16, even
-        native, lost too much fidelity: an explicit choice). Output is always
-        float32.
+        native, lost too much fidelity: an explicit choice; bf16 and fp16 run
+        on torch). ``"int8"`` (CPU, ONNX Runtime): the network statically
+        quantized, calibrated on up to 64 images of the ``X`` given to ``fit``
+        (``fit`` keeps them, preprocessed, in ``calibration_images_``);
+        faster, and close to float32 but not equal (see README, "Backends").
+        Output is always float32.
+    backend : {"auto", "torch", "onnxruntime"}, default="auto"
+        What runs the network. ``"auto"``: ONNX Runtime on the CPU (the
+        network is exported at the first ``transform``, checked against torch
+        on a probe batch and used only if they agree; otherwise torch runs it
+        and one :class:`OnnxFallbackWarning` says why), torch on CUDA and MPS
+        or with ``compile=True``.
     num_workers : int, default=0
         DataLoader worker processes decoding and resizing images in parallel.
     compile : bool, default=False
@@ -130,6 +141,9 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         sha256 of the weights file.
     n_features_in_ : int
         Only for flattened 2-D input: the number of values per row.
+    calibration_images_ : ndarray of shape (n, 3, H, W), uint8
+        Only with ``precision="int8"``: up to 64 images of ``fit``'s ``X``,
+        preprocessed, that calibrate the quantized network.
 
     See Also
     --------
@@ -154,7 +168,8 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "image_shape": [tuple, list, None],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "device": [str, torch.device],
-        "precision": [StrOptions({"auto", *PRECISIONS})],
+        "precision": [StrOptions({"auto", "int8", *PRECISIONS})],
+        "backend": [StrOptions(set(BACKENDS))],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "compile": ["boolean"],
         "progress": ["boolean", StrOptions({"auto"})],
@@ -181,6 +196,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         on_error="raise",
         random_state=None,
         cache=None,
+        backend="auto",
     ):
         self.backbone = backbone
         self.weights = weights
@@ -197,6 +213,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.on_error = on_error
         self.random_state = random_state
         self.cache = cache
+        self.backend = backend
 
     def _image_source(self, X, reset: bool):
         if isinstance(X, np.ndarray) and X.ndim == 2 and self.image_shape is not None:
@@ -222,8 +239,9 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         -------
         self : PretrainedCNNFeaturizer
         """
-        self._image_source(X, reset=True)
-        resolve_device(self.device)  # a device this machine lacks fails in fit
+        source = self._image_source(X, reset=True)
+        # A device this machine lacks, or a backend it cannot run, fails in fit.
+        resolve_backend(self.backend, resolve_device(self.device), self.precision, self.compile)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self._build_args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size, seed)
         # With a cache, a run may find every row stored: then the network is never needed, so
@@ -239,6 +257,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.n_features_out_ = built.n_features
         self.weights_ = built.weights.name
         self.weights_sha256_ = built.weights.sha256
+        if self.precision == "int8":  # the one use of X: calibration of the quantized network
+            self.calibration_images_ = calibration_sample(ImageDataset(source, ImageTransform(self.data_config_)))
+        elif "calibration_images_" in self.__dict__:
+            del self.calibration_images_
         # Hashing a state dict can take a fraction of a second: once per fit, only when caching.
         self._cache_fingerprint = model_fingerprint(self) if self.cache is not None else None
         return self
@@ -260,6 +282,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         dataset = ImageDataset(source, ImageTransform(self.data_config_), on_error=self.on_error)
         store = as_embedding_cache(self.cache)
         device = resolve_device(self.device)
+        backend = resolve_backend(self.backend, device, self.precision, self.compile)
+        calibration = self.__dict__.get("calibration_images_")
+        if self.precision == "int8" and calibration is None:
+            raise ValueError("precision='int8' calibrates on images seen in fit: fit again with precision='int8'.")
 
         def embed(images, on_batch=None):
             return forward_batches(
@@ -274,13 +300,20 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 compile=self.compile,
                 compiled_modules=self.__dict__.get("_compiled"),
                 on_batch=on_batch,
+                backend=backend,
+                calibration=calibration,
             )
 
         if store is None:
             return embed(dataset)
         # cache set after fit (set_params): identify the fitted module itself, without storing it
         static = getattr(self, "_cache_fingerprint", None) or model_fingerprint(self, exact=True)
-        fingerprint = runtime_fingerprint(static, device, resolve_precision(self.precision, device))
+        fingerprint = runtime_fingerprint(
+            static,
+            device,
+            resolve_precision(self.precision, device, backend),
+            backend_key(backend, self.precision, calibration),
+        )
         keyed = ImageDataset(source, dataset.transform, on_error=self.on_error, keyed=True)
         return store.embed(
             source,
