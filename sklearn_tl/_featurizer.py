@@ -100,7 +100,8 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         network is exported at the first ``transform``, checked against torch
         on a probe batch and used only if they agree; otherwise torch runs it
         and one :class:`OnnxFallbackWarning` says why), torch on CUDA and MPS
-        or with ``compile=True``.
+        or with ``compile=True``, and for a ``torch.nn.Module`` backbone (whose
+        ``forward`` an export may not capture: name ``"onnxruntime"`` for it).
     num_workers : int, default=0
         DataLoader worker processes decoding and resizing images in parallel.
     compile : bool, default=False
@@ -241,7 +242,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """
         source = self._image_source(X, reset=True)
         # A device this machine lacks, or a backend it cannot run, fails in fit.
-        resolve_backend(self.backend, resolve_device(self.device), self.precision, self.compile)
+        self._backend(resolve_device(self.device))
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self._build_args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size, seed)
         # With a cache, a run may find every row stored: then the network is never needed, so
@@ -282,7 +283,7 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         dataset = ImageDataset(source, ImageTransform(self.data_config_), on_error=self.on_error)
         store = as_embedding_cache(self.cache)
         device = resolve_device(self.device)
-        backend = resolve_backend(self.backend, device, self.precision, self.compile)
+        backend = self._backend(device)
         calibration = self.__dict__.get("calibration_images_")
         if self.precision == "int8" and calibration is None:
             raise ValueError("precision='int8' calibrates on images seen in fit: fit again with precision='int8'.")
@@ -322,6 +323,10 @@ class PretrainedCNNFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             self.n_features_out_,
             embed,
         )
+
+    def _backend(self, device) -> str:
+        user_module = isinstance(self.backbone, torch.nn.Module)
+        return resolve_backend(self.backend, device, self.precision, self.compile, user_module)
 
     @property
     def backbone_(self):

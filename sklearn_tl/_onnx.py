@@ -37,9 +37,9 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 ONNX_OPSET = 17
 # fp32 graph vs torch: the same function, so only rounding may differ.
 MIN_COSINE = 0.9999
-# int8 vs fp32: measured on real MobileNetV2 embeddings (README, "Backends"); below this the
-# quantized graph is not the same model any more, and fp32 ONNX Runtime is used instead.
-MIN_INT8_COSINE = 0.97
+# int8 vs fp32 is lossy (real MobileNetV2 rows: cosine 0.97 on average, 0.79 at worst; README,
+# "Backends"); a mean below this means a broken quantization, and fp32 ONNX Runtime is used instead.
+MIN_INT8_MEAN_COSINE = 0.9
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
 
 
@@ -47,12 +47,18 @@ class OnnxFallbackWarning(UserWarning):
     """The ONNX Runtime backend could not be used for a model; torch runs it instead."""
 
 
-def resolve_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool = False) -> str:
+def resolve_backend(
+    backend: str, device: torch.device, precision: str = "auto", compile: bool = False, user_module: bool = False
+) -> str:
     """``"torch"`` or ``"onnxruntime"`` for a call's ``backend``, device, precision and ``compile``.
 
     ``"auto"`` is ONNX Runtime on the CPU and torch on CUDA and MPS; torch too
     when the call asks for something only torch does (a bf16/fp16 autocast,
-    ``compile=True``). ``precision="int8"`` runs on ONNX Runtime only.
+    ``compile=True``), and for a user's own ``torch.nn.Module`` backbone
+    (``user_module``): its ``forward`` may hold Python side effects or
+    data-dependent branches that an export freezes and one probe batch cannot
+    rule out, so it runs on ONNX Runtime only when asked by name.
+    ``precision="int8"`` runs on ONNX Runtime only.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
@@ -65,7 +71,7 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto",
             )
         return "onnxruntime"
     if backend == "auto":
-        return "onnxruntime" if device.type == "cpu" and not torch_only else "torch"
+        return "onnxruntime" if device.type == "cpu" and not (torch_only or user_module) else "torch"
     if backend == "onnxruntime":
         if device.type != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU only; device is {device.type!r}.")
@@ -191,13 +197,19 @@ def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def check_agreement(expected: np.ndarray, actual: np.ndarray, min_cosine: float, close: bool = True) -> str | None:
-    """Why ``actual`` is not ``expected`` (None: it is)."""
+    """Why ``actual`` is not ``expected`` (None: it is).
+
+    Every row's cosine must reach ``min_cosine`` and, with ``close``, the rows
+    must be ``allclose``; without ``close`` only the mean cosine must reach it.
+    """
     if expected.shape != actual.shape:
         return f"output shape {actual.shape} instead of {expected.shape}"
     if not np.isfinite(actual).all():
         return "non-finite outputs"
     cosine = _row_cosine(expected, actual)
-    if cosine.min() < min_cosine:
+    if not close and cosine.mean() < min_cosine:
+        return f"mean cosine to float32 {cosine.mean():.4f} (< {min_cosine})"
+    if close and cosine.min() < min_cosine:
         return f"per-row cosine to torch down to {cosine.min():.6f} (< {min_cosine})"
     scale = max(float(np.abs(expected).max()), 1e-6)
     if close and not np.allclose(actual, expected, rtol=1e-3, atol=1e-4 * scale):
@@ -218,26 +230,34 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
             batch = next(self._batches, None)
             return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
 
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        source, prepared, target = (os.path.join(folder, f"{n}.onnx") for n in ("fp32", "prep", "int8"))
-        with open(source, "wb") as file:
-            file.write(model)
-        try:
-            quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        except Exception:  # pre-processing only helps; quantize the graph as exported
-            prepared = source
-        quantize_static(
-            prepared,
-            target,
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-        with open(target, "rb") as file:
-            return file.read()
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs its advice on the root logger
+    try:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source, prepared, target = (os.path.join(folder, f"{n}.onnx") for n in ("fp32", "prep", "int8"))
+            with open(source, "wb") as file:
+                file.write(model)
+            try:
+                quant_pre_process(source, prepared, skip_symbolic_shape=True)
+            except Exception:  # pre-processing only helps; quantize the graph as exported
+                prepared = source
+            quantize_static(
+                prepared,
+                target,
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+            with open(target, "rb") as file:
+                return file.read()
+    finally:
+        root.setLevel(level)
 
 
 # ---------------------------------------------------------------- the registry
@@ -281,7 +301,7 @@ class _Exported:
                 graph = quantize_int8(fp32, calibration)
                 probe, reference = calibration, run_session(make_session(fp32, threads), calibration)
                 why = check_agreement(reference, run_session(make_session(graph, threads), probe),
-                                      MIN_INT8_COSINE, close=False)
+                                      MIN_INT8_MEAN_COSINE, close=False)
             else:
                 generator = torch.Generator().manual_seed(0)
                 example = torch.rand(2, *shape, generator=generator)
