@@ -77,7 +77,9 @@ class TestBackendsAgree:
         assert resolve_backend("auto", cpu, user_module=True) == "torch"
         assert resolve_backend("onnxruntime", cpu, user_module=True) == "onnxruntime"
         assert resolve_backend("auto", cpu, "int8") == "onnxruntime"
-        bad_choices = [("onnxruntime", cuda), ("torch", cpu, "int8"), ("auto", cuda, "int8"), ("onnxruntime", cpu, "float16")]
+        bad_choices = [
+            ("onnxruntime", cuda), ("torch", cpu, "int8"), ("auto", cuda, "int8"), ("onnxruntime", cpu, "float16")
+        ]
         for bad in bad_choices:
             with pytest.raises(ValueError, match="onnxruntime|ONNX Runtime"):
                 resolve_backend(*bad)
