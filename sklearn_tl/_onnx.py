@@ -184,8 +184,8 @@ def make_session(model: bytes | str, threads: int | None = None):
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def run_session(session, batch: np.ndarray) -> np.ndarray:
-    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+def run_session(session, batch: np.ndarray, dtype=np.float32) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=dtype)})[0]
 
 
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
