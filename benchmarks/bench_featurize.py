@@ -13,12 +13,19 @@ method alike:
   (none on a CPU without bf16);
 - ours: ``PretrainedCNNFeaturizer.transform`` with its defaults;
 - with ``--compile``, also both of the last two under ``torch.compile``
-  (inductor, freezing), compile time excluded and reported apart.
+  (inductor, freezing), compile time excluded and reported apart;
+- with ``--backends`` instead, the inference backends side by side, from
+  arrays and from JPEG files: a hand-written torch eager loop (the best loop
+  in fp32), a hand-written ONNX Runtime loop (the same network exported, the
+  same preprocessing), ``transform`` with ``backend="auto"`` (ONNX Runtime on
+  the CPU), and ``transform`` with ``precision="int8"``.
 
 Reports images/second, ours/best and ours/naive, and the best loop's GMAC/s
 against the CPU's peak fp32 multiply-add rate.
 
     python benchmarks/bench_featurize.py --write benchmarks/results/featurize.md
+    python benchmarks/bench_featurize.py --backends --models mobilenet_v2 resnet50 efficientnet_b0 \
+        --n-images 32 --repeats 2
 """
 
 from __future__ import annotations
@@ -104,6 +111,82 @@ def best_loop(network, X, batch_size, device, dtype):
     return torch.cat(out).numpy()
 
 
+def read_files(paths) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+
+
+def onnx_loop(session, X, batch_size, read=None):
+    """The hand-written ONNX Runtime loop: decode, resize, crop and normalise with torch, run the session."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    name = session.get_inputs()[0].name
+    out = []
+    for start in range(0, len(X), batch_size):
+        chunk = X[start : start + batch_size]
+        batch = torch.from_numpy(read(chunk) if read else chunk).permute(0, 3, 1, 2)
+        if min(batch.shape[-2:]) != 256:
+            batch = TF.resize(batch, 256, antialias=True)
+        batch = (TF.center_crop(batch, [224, 224]).float() / 255.0 - mean) / std
+        out.append(session.run(None, {name: batch.numpy()})[0])
+    return np.concatenate(out)
+
+
+def backends_table(args, X) -> str:
+    import tempfile
+
+    from PIL import Image
+
+    from sklearn_tl._onnx import export_module, make_session
+
+    folder = tempfile.mkdtemp()
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(os.path.join(folder, f"{i}.jpg"))
+        Image.fromarray(image).save(paths[-1], quality=90)
+    paths = np.asarray(paths)
+    lines = [
+        f"### Inference backends on the CPU ({platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)",
+        "",
+        f"{len(X)} real 256x256 photo crops → 224 px, batch size {args.batch_size}, weights=None, best of "
+        f"{args.repeats} interleaved repeats; img/s.",
+        "",
+        "| model | input | torch eager loop | ONNX Runtime loop | transform auto | transform int8 | "
+        "auto / ORT loop | auto / torch | int8 / auto |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cpu = torch.device("cpu")
+    for name in args.models:
+        folded = embedding_network(name, fold=True)
+        session = make_session(export_module(folded, torch.rand(2, 3, 224, 224)))
+        common = dict(weights=None, batch_size=args.batch_size, device="cpu", progress=False)
+        auto = PretrainedCNNFeaturizer(name, **common).fit(X[:1])
+        int8 = PretrainedCNNFeaturizer(name, precision="int8", **common).fit(X)
+        for kind, data, read in [("arrays", X, None), ("JPEG files", paths, read_files)]:
+            methods = {
+                "torch": lambda: best_loop(folded, read(data) if read else data, args.batch_size, cpu, None),
+                "ort": lambda: onnx_loop(session, data, args.batch_size, read),
+                "auto": lambda: auto.transform(data),
+                "int8": lambda: int8.transform(data),
+            }
+            for fn in methods.values():  # warm-up: export, quantization, thread pools
+                fn()
+            times = {key: [] for key in methods}
+            for _ in range(args.repeats):
+                for key, fn in methods.items():
+                    times[key].append(timed(fn, cpu)[0])
+            rate = {key: len(X) / min(values) for key, values in times.items()}
+            lines.append(
+                f"| {name} | {kind} | {rate['torch']:.1f} | {rate['ort']:.1f} | {rate['auto']:.1f} | "
+                f"{rate['int8']:.1f} | {rate['auto'] / rate['ort']:.2f} | {rate['auto'] / rate['torch']:.2f} | "
+                f"{rate['int8'] / rate['auto']:.2f} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines + [""])
+
+
 def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -141,12 +224,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile variants")
+    parser.add_argument("--backends", action="store_true", help="compare the inference backends instead")
     parser.add_argument("--write", default=None, help="append a Markdown table to this file")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     dtype = resolve_precision("auto", device)
     X = real_crops(args.n_images)
+    if args.backends:
+        emit(backends_table(args, X), args.write)
+        return
     lines = [
         f"### Featurizer throughput on {device.type} ({platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}, auto precision: {dtype})",

@@ -11,9 +11,11 @@ from ._callbacks import FreezeSchedule, PhaseCosineLR
 from ._dask import featurize_dask
 from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
 from ._engine import ImageReadWarning
+from ._export import export_onnx
 from ._featurizer import PretrainedCNNFeaturizer
 from ._finetune import FineTuneClassifier
 from ._images import ImageReadError
+from ._onnx import OnnxFallbackWarning
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig
 from ._weights import WeightsNotFoundError, weights_search_dirs
@@ -32,10 +34,12 @@ __all__ = [
     "ImageReadWarning",
     "ModelFileError",
     "ModelVersionWarning",
+    "OnnxFallbackWarning",
     "PhaseCosineLR",
     "PretrainedCNNFeaturizer",
     "WeightsNotFoundError",
     "__version__",
+    "export_onnx",
     "featurize_dask",
     "get_backbone_spec",
     "list_backbones",

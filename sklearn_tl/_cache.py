@@ -11,7 +11,8 @@ A frozen backbone maps the same image to the same embedding, so
   state dict), the weights' sha256 (or a hash of the loaded state dict when
   there is no file, e.g. ``weights=None``), ``layer``, ``pooling``, every field of
   ``data_config_`` (crop, resize, interpolation, mean, std), ``image_shape``,
-  the resolved device type and autocast dtype, and the cache's ``extra_key``.
+  the resolved device type, autocast dtype and backend (ONNX Runtime with its
+  version; int8 with a hash of its calibration images), and the cache's ``extra_key``.
 
 ``batch_size``, ``num_workers``, ``progress`` and the device index are not in the
 key: they do not change the output.
@@ -150,10 +151,11 @@ def model_fingerprint(featurizer, exact: bool = False) -> str:
     return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
 
-def runtime_fingerprint(static: str, device: torch.device, autocast_dtype) -> bytes:
-    """``static`` plus what the transform-time device choice changes."""
+def runtime_fingerprint(static: str, device: torch.device, autocast_dtype, backend: str = "torch") -> bytes:
+    """``static`` plus what the transform-time choices change (device, dtype, backend)."""
     dtype = "float32" if autocast_dtype is None else str(autocast_dtype).replace("torch.", "")
-    return _blake(f"{static}|{device.type}|{dtype}".encode())
+    suffix = "" if backend == "torch" else f"|{backend}"  # torch keys stay as they were
+    return _blake(f"{static}|{device.type}|{dtype}{suffix}".encode())
 
 
 # ---------------------------------------------------------------- the store

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import queue
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ._images import ImageReadError, KeyedBatch, PartialBatch, collate_images
+from ._onnx import onnx_forward, resolve_backend
 
 __all__ = [
     "ImageReadWarning",
@@ -126,7 +128,7 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device):
+def resolve_precision(precision: str, device: torch.device, backend: str = "torch"):
     """The autocast dtype for ``precision`` on ``device`` (None: plain fp32).
 
     ``"auto"`` on CUDA is float16, not bfloat16: measured on MobileNetV2
@@ -137,8 +139,10 @@ def resolve_precision(precision: str, device: torch.device):
     (AVX-512 BF16 / AMX) bf16 rows were measured at cosine 0.9916 to fp32 at
     worst on real photos, below the 0.999 bound "auto" keeps, for 1.1-1.3x;
     so the default output does not depend on the CPU model, and bf16 stays an
-    explicit choice.
+    explicit choice. ONNX Runtime (``backend``) computes in float32, or int8.
     """
+    if backend == "onnxruntime" or precision == "int8":
+        return None
     if precision != "auto":
         return PRECISIONS[precision]
     if device.type == "cuda":
@@ -241,6 +245,8 @@ def forward_batches(
     compile: bool = False,
     compiled_modules: dict | None = None,
     on_batch=None,
+    backend: str = "torch",
+    calibration=None,
 ) -> np.ndarray:
     """Embeddings of every image of ``dataset`` as a float32 array ``(n, d)``.
 
@@ -254,6 +260,11 @@ def forward_batches(
     ``on_batch(positions, rows, keys)`` is called as each batch finishes
     (``keys``: the content keys of a keyed dataset, else None), so a caller can
     keep finished rows even if a later batch fails.
+    ``backend`` is resolved by :func:`~sklearn_tl._onnx.resolve_backend`: with
+    ONNX Runtime the module is exported at the first batch (once per module,
+    see :mod:`sklearn_tl._onnx`), and torch runs it if that fails.
+    ``calibration`` (uint8 images) calibrates ``precision="int8"``.
+    While one batch computes, the next is decoded in a background thread.
 
     Safe to call from several threads on one module: the module is never
     converted in place (see :func:`inference_module`) and no global torch flag
@@ -261,9 +272,11 @@ def forward_batches(
     worker's ``nthreads``).
     """
     device = resolve_device(device) if not isinstance(device, torch.device) else device
-    dtype = resolve_precision(precision, device)
+    backend = resolve_backend(backend, device, precision, compile)
+    dtype = resolve_precision(precision, device, backend)
     batch_size = resolve_batch_size(batch_size, device)
     fitted, module = module, inference_module(module, device, channels_last)
+    onnx = _OnnxRun(fitted, module, precision == "int8", calibration) if backend == "onnxruntime" else None
     if compile:
         module = compiled(module, device, {} if compiled_modules is None else compiled_modules, owner=fitted)
     loader = make_loader(dataset, batch_size, device, num_workers)
@@ -276,7 +289,7 @@ def forward_batches(
     apply_worker_threads()
     try:
         with torch.inference_mode(), autocast_context(device, dtype):
-            for batch in loader:
+            for batch in prefetched(loader):
                 keys = None
                 if isinstance(batch, KeyedBatch):
                     batch, keys = batch.images, batch.keys
@@ -290,9 +303,12 @@ def forward_batches(
                     size = len(batch)
                     positions = np.arange(done, done + size)
                 if batch is not None:
-                    rows, micro = _forward_with_backoff(
-                        module, batch, device, channels_last, micro, dtype, pad=compile
-                    )
+                    if onnx is not None and onnx.ready(batch):
+                        rows = onnx.forward(to_model_input(batch, device, channels_last=False).numpy())
+                    else:
+                        rows, micro = _forward_with_backoff(
+                            module, batch, device, channels_last, micro, dtype, pad=compile
+                        )
                     if out is None:
                         out = np.full((n, rows.shape[1]), np.nan, dtype=np.float32)
                     out[positions] = rows
@@ -315,6 +331,73 @@ def forward_batches(
     if out is None:  # width unknown and no image readable
         raise ImageReadError(f"None of the {n} image(s) could be read: {failures[0].message}")
     return out
+
+
+class _OnnxRun:
+    """The ONNX Runtime forward of one call, resolved at its first batch (the input shape)."""
+
+    def __init__(self, fitted, module, int8: bool, calibration):
+        self.fitted, self.module, self.int8, self.calibration = fitted, module, int8, calibration
+        self.forward, self.resolved = None, False
+
+    def ready(self, batch) -> bool:
+        if not self.resolved:
+            calibration = None
+            if self.int8 and self.calibration is not None:
+                calibration = to_model_input(torch.as_tensor(self.calibration), torch.device("cpu"), False).numpy()
+            # Keyed on the fitted module (one export per model), exported from its eval-mode inference copy.
+            self.forward = onnx_forward(
+                self.fitted, tuple(batch.shape[1:]), int8=self.int8, calibration=calibration, module=self.module
+            )
+            self.resolved = True
+        return self.forward is not None
+
+
+_DONE = object()
+
+
+def prefetched(loader, depth: int = 1):
+    """Iterate ``loader`` with the next batch decoded in a thread while the caller computes.
+
+    Pillow's decoding and torch's resize release the GIL, so decoding batch
+    k+1 overlaps the forward pass of batch k. An error raised while loading
+    reaches the caller at that batch, after the batches before it.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for batch in loader:
+                while not stop.is_set():
+                    try:
+                        items.put((batch, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put((None, exc))
+
+    thread = threading.Thread(target=produce, name="sklearn_tl-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, exc = items.get()
+            if exc is not None:
+                raise exc
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting to put, then let it end
+            try:
+                items.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 def apply_worker_threads() -> None:

@@ -15,9 +15,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
-from ._engine import for_inference, forward_batches, module_device, resolve_device, resolve_precision
+from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset
 from ._model import build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
+from ._onnx import BACKENDS, backend_key, calibration_sample, resolve_backend
 from ._preprocess import ImageTransform
 
 __all__ = ["PretrainedCNNFeaturizer"]
@@ -73,11 +74,22 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
         or ``"mps"``. Resolved at each ``transform``, so a model fitted on a GPU
         runs on a CPU-only machine.
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+    precision : {"auto", "float32", "bfloat16", "float16", "int8"}, default="auto"
         Autocast dtype. ``"auto"``: fp16 on CUDA (a batch that overflows is
         redone in fp32), float32 on the CPU whatever the CPU (bf16, even
-        native, lost too much fidelity: an explicit choice). Output is always
-        float32.
+        native, lost too much fidelity: an explicit choice; bf16 and fp16 run
+        on torch). ``"int8"`` (CPU, ONNX Runtime): the network statically
+        quantized, calibrated on up to 64 images of the ``X`` given to ``fit``
+        (``fit`` keeps them, preprocessed, in ``calibration_images_``);
+        faster, and close to float32 but not equal (see README, "Backends").
+        Output is always float32.
+    backend : {"auto", "torch", "onnxruntime"}, default="auto"
+        What runs the network. ``"auto"``: ONNX Runtime on the CPU (the
+        network is exported at the first ``transform``, checked against torch
+        on a probe batch and used only if they agree; otherwise torch runs it
+        and one :class:`OnnxFallbackWarning` says why), torch on CUDA and MPS
+        or with ``compile=True``, and for a ``torch.nn.Module`` backbone (whose
+        ``forward`` an export may not capture: name ``"onnxruntime"`` for it).
     num_workers : int, default=0
         DataLoader worker processes decoding and resizing images in parallel.
     compile : bool, default=False
@@ -110,6 +122,9 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
     {backbone_attributes}
     n_features_in_ : int
         Only for flattened 2-D input: the number of values per row.
+    calibration_images_ : ndarray of shape (n, 3, H, W), uint8
+        Only with ``precision="int8"``: up to 64 images of ``fit``'s ``X``,
+        preprocessed, that calibrate the quantized network.
 
     See Also
     --------
@@ -128,6 +143,8 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
     _parameter_constraints: dict = {
         **IMAGE_PARAMETER_CONSTRAINTS,
         "layer": [str, list, tuple, None],
+        "precision": [StrOptions({"auto", "int8", *PRECISIONS})],
+        "backend": [StrOptions(set(BACKENDS))],
         "compile": ["boolean"],
         "progress": ["boolean", StrOptions({"auto"})],
         "on_error": [StrOptions(set(ON_ERROR))],
@@ -157,6 +174,7 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         on_error="raise",
         random_state=None,
         cache=None,
+        backend="auto",
     ):
         self.backbone = backbone
         self.weights = weights
@@ -178,6 +196,7 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         self.on_error = on_error
         self.random_state = random_state
         self.cache = cache
+        self.backend = backend
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -196,8 +215,9 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         self : PretrainedCNNFeaturizer
         """
         self._check_image_params()
-        self._image_source(X, reset=True)
-        resolve_device(self.device)  # a device this machine lacks fails in fit
+        source = self._image_source(X, reset=True)
+        # A device this machine lacks, or a backend it cannot run, fails in fit.
+        self._backend(resolve_device(self.device))
         seed = self._random_seed()
         args = (self.backbone, self.weights, self.layer, self.pooling, self.image_size)
         self._build_args = (*args, self._preprocessing(), seed)
@@ -212,6 +232,10 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         self._compiled = {}  # torch.compile graphs of this fit, per device (never pickled)
         self._set_backbone_attributes(built)
         self._layer_widths = built.layer_widths
+        if self.precision == "int8":  # the one use of X: calibration of the quantized network
+            self.calibration_images_ = calibration_sample(ImageDataset(source, ImageTransform(self.data_config_)))
+        elif "calibration_images_" in self.__dict__:
+            del self.calibration_images_
         # Hashing a state dict can take a fraction of a second: once per fit, only when caching.
         self._cache_fingerprint = model_fingerprint(self) if self.cache is not None else None
         return self
@@ -233,6 +257,10 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         dataset = ImageDataset(source, ImageTransform(self.data_config_), on_error=self.on_error)
         store = as_embedding_cache(self.cache)
         device = resolve_device(self.device)
+        backend = self._backend(device)
+        calibration = self.__dict__.get("calibration_images_")
+        if self.precision == "int8" and calibration is None:
+            raise ValueError("precision='int8' calibrates on images seen in fit: fit again with precision='int8'.")
 
         def embed(images, on_batch=None):
             return forward_batches(
@@ -247,13 +275,20 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
                 compile=self.compile,
                 compiled_modules=self.__dict__.get("_compiled"),
                 on_batch=on_batch,
+                backend=backend,
+                calibration=calibration,
             )
 
         if store is None:
             return embed(dataset)
         # cache set after fit (set_params): identify the fitted module itself, without storing it
         static = getattr(self, "_cache_fingerprint", None) or model_fingerprint(self, exact=True)
-        fingerprint = runtime_fingerprint(static, device, resolve_precision(self.precision, device))
+        fingerprint = runtime_fingerprint(
+            static,
+            device,
+            resolve_precision(self.precision, device, backend),
+            backend_key(backend, self.precision, calibration),
+        )
         keyed = ImageDataset(source, dataset.transform, on_error=self.on_error, keyed=True)
         return store.embed(
             source,
@@ -262,6 +297,10 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
             self.n_features_out_,
             embed,
         )
+
+    def _backend(self, device) -> str:
+        user_module = isinstance(self.backbone, torch.nn.Module)
+        return resolve_backend(self.backend, device, self.precision, self.compile, user_module)
 
     @property
     def backbone_(self):

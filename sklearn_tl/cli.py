@@ -300,6 +300,17 @@ def _cmd_predict(args) -> int:
 # ---------------------------------------------------------------- weights
 
 
+def _cmd_export(args) -> int:
+    from ._export import export_onnx
+    from ._persistence import ModelFileError, load_model
+
+    try:
+        print(export_onnx(load_model(args.model), args.output))
+    except (ModelFileError, TypeError) as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
 def _cmd_weights_list(args) -> int:
     import torch
 
@@ -491,6 +502,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_batch_size_arg, default=None, help="override the model's batch size")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(run=_cmd_predict)
+
+    export = commands.add_parser(
+        "export",
+        help="write a saved featurizer pipeline as one ONNX file that runs without torch",
+        description="Convert MODEL (featurizer + the scikit-learn steps after it) into OUTPUT, one ONNX "
+        "file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
+        epilog=_examples("sklearn-tl export model.joblib model.onnx"),
+        formatter_class=raw,
+    )
+    export.add_argument("model", help="a model file written by `sklearn-tl train` or save_model")
+    export.add_argument("output", help="the .onnx file to write")
+    export.set_defaults(run=_cmd_export)
 
     weights = commands.add_parser(
         "weights",
