@@ -15,6 +15,7 @@ from numbers import Integral, Real
 from torch import nn
 
 from ._model import network_root
+from ._sources import stage_blocks
 
 __all__ = ["BACKBONE_PREFIX", "FREEZE_HELP", "backbone_blocks", "check_freeze_syntax", "resolve_freeze"]
 
@@ -24,10 +25,6 @@ FREEZE_HELP = (
     "or a list of module-name patterns such as ['features.0*', 'layer1']"
 )
 BACKBONE_PREFIX = "embedder."
-# Containers whose children are the network's stages (torchvision, timm).
-_STAGE_CONTAINERS = ("features", "blocks", "stages", "layers")
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
-_CONVS = (nn.Conv2d,)
 
 
 def _trunk_root(embedder: nn.Module) -> tuple[nn.Module, str]:
@@ -36,51 +33,14 @@ def _trunk_root(embedder: nn.Module) -> tuple[nn.Module, str]:
     return root, "trunk." if root is embedder.trunk else "trunk.network."
 
 
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
-
-
 def backbone_blocks(embedder: nn.Module) -> list[list[str]]:
     """The backbone's blocks in input-to-output order, as lists of module names.
 
-    Names are those of the original network (``"features.3"``, ``"layer2"``).
-    A single container holding everything (``features`` of MobileNet) is
-    looked into; its children are the blocks. Consecutive leaf layers (a stem
-    ``conv1``, ``bn1``, ``relu``, ``maxpool``) form one block, closed by a pool
-    or by the next convolution.
+    Names are those of the original network (``"features.3"``, ``"layer2"``);
+    the grouping is the model sources' (:func:`~sklearn_tl._sources.stage_blocks`).
     """
     root, _ = _trunk_root(embedder)
-    node, prefix = root, ""
-    while True:
-        holders = [(n, c) for n, c in node.named_children() if _has_params(c)]
-        if len(holders) == 1 and next(holders[0][1].children(), None) is not None:
-            node, prefix = holders[0][1], f"{prefix}{holders[0][0]}."
-            continue
-        break
-    blocks, group = [], []
-
-    def close():
-        if group and any(_has_params(node.get_submodule(n[len(prefix) :])) for n in group):
-            blocks.append(list(group))
-        group.clear()
-
-    for name, child in node.named_children():
-        if next(child.children(), None) is None:
-            if isinstance(child, _CONVS) and any(
-                isinstance(node.get_submodule(n[len(prefix) :]), _CONVS) for n in group
-            ):
-                close()  # a flat stack of layers (VGG): one block per convolution
-            group.append(prefix + name)
-            if isinstance(child, _POOLS):
-                close()
-            continue
-        close()
-        if name in _STAGE_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1:
-            blocks.extend([f"{prefix}{name}.{n}"] for n, c in child.named_children() if _has_params(c))
-        elif _has_params(child):
-            blocks.append([prefix + name])
-    close()
-    return blocks
+    return stage_blocks(root)
 
 
 def check_freeze_syntax(freeze) -> None:
