@@ -38,6 +38,7 @@ from ._freeze import BACKBONE_PREFIX, FREEZE_HELP, backbone_blocks, check_freeze
 from ._head import FineTuneNetwork, build_head
 from ._images import ImageDataset
 from ._model import build_embedder
+from ._onnx import BACKENDS, resolve_backend
 from ._preprocess import ImageTransform
 
 __all__ = [
@@ -121,6 +122,12 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         Autocast dtype, as for the featurizer: fp16 (with a gradient scaler
         when training; callbacks see unscaled gradients) on CUDA, float32 on
         the CPU (bf16 only when asked for).
+    backend : {"auto", "torch", "onnxruntime"}, default="auto"
+        What runs ``predict``, ``predict_proba`` and ``transform`` (training is
+        always torch), as for the featurizer: ``"auto"`` is ONNX Runtime on
+        the CPU (the tuned network exported at the first such call, checked
+        against torch, re-exported after further training) and torch on
+        CUDA/MPS, or with a user's own ``torch.nn.Module`` backbone.
     device : str or torch.device, default="auto"
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
         Resolved in ``fit`` for training and at every ``predict``,
@@ -195,6 +202,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         "final_estimator": [HasMethods(["fit", "predict"]), None],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "backend": [StrOptions(set(BACKENDS))],
     }
     # Parameters that may hold a torch module but are settings, not components.
     _plain_params = ("backbone", "head")
@@ -225,6 +233,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         random_state=None,
         num_workers=0,
         precision="auto",
+        backend="auto",
         device="auto",
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
@@ -260,6 +269,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self.random_state = random_state
         self.num_workers = num_workers
         self.precision = precision
+        self.backend = backend
         super().__init__(
             FineTuneNetwork,
             criterion=criterion,
@@ -440,13 +450,16 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     def _forward_source(self, module, X):
         source = self._image_source(X, reset=False)
         dataset = ImageDataset(source, ImageTransform(self.data_config_))
+        device = self._inference_device()
+        user_module = isinstance(self.backbone, nn.Module)
         return forward_batches(
             module,
             dataset,
             batch_size=self.batch_size,
-            device=self._inference_device(),
+            device=device,
             precision=self.precision,
             num_workers=self.num_workers,
+            backend=resolve_backend(self.backend, device, self.precision, False, user_module),
         )
 
     def transform(self, X):

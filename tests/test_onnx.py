@@ -361,3 +361,34 @@ def sklearn_tl_export(model, path):
     from sklearn_tl import export_onnx
 
     return export_onnx(model, path)
+
+
+class TestFineTuner:
+    def test_predict_and_transform_run_on_onnxruntime_and_follow_training(self, images):
+        from sklearn_tl import FineTuneClassifier
+
+        y = np.arange(len(images)) % 2
+        clf = FineTuneClassifier("resnet18", weights=None, image_size=32, max_epochs=1, train_split=None,
+                                 verbose=0, random_state=0).fit(images, y)
+        assert resolve_backend(clf.backend, torch.device("cpu")) == "onnxruntime"
+        calls = []
+        real = onnx_module.onnx_forward
+
+        def counting(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        for _ in range(2):  # once, then again after more training changed every weight
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(onnx_module, "onnx_forward", counting)
+                import sklearn_tl._engine as engine_module
+
+                patch.setattr(engine_module, "onnx_forward", counting)
+                proba = clf.predict_proba(images)
+                embedded = clf.transform(images)
+            assert calls
+            reference = clf.set_params(backend="torch")
+            np.testing.assert_allclose(proba, reference.predict_proba(images), atol=1e-4)
+            assert row_cosine(embedded, reference.transform(images)).min() >= 0.9999
+            clf.set_params(backend="auto").partial_fit(images, y)
+            calls.clear()
