@@ -87,3 +87,16 @@ def count_images(monkeypatch):
 
     monkeypatch.setattr(featurizer_module, "forward_batches", counting)
     return counter
+
+
+def write_photo_folder(root, photos, names, n_per_class: int, size: int, suffix: str):
+    """``root/<name>/<name>_<i><suffix>``: ``n_per_class`` random ``size`` x ``size`` crops of each photo."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, photo in zip(names, photos):
+        (root / name).mkdir()
+        for i in range(n_per_class):
+            top, left = rng.integers(0, photo.shape[0] - size), rng.integers(0, photo.shape[1] - size)
+            Image.fromarray(photo[top : top + size, left : left + size]).save(root / name / f"{name}_{i}{suffix}")
+    return root

@@ -23,21 +23,17 @@ from PIL import Image
 
 from sklearn_tl.cli import build_parser, main
 
+from .conftest import write_photo_folder
+
 REAL_WEIGHTS = "IMAGENET1K_V1"  # torchvision's MobileNetV2 file, shipped offline
+
 CLASSES = ("china", "flower")
 
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory, sample_photos):
     """``root/<class>/<image>.jpg``: 8 real 80x80 crops of each sample photo."""
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for name, photo in zip(CLASSES, sample_photos):
-        (root / name).mkdir()
-        for i in range(8):
-            top, left = rng.integers(0, photo.shape[0] - 80), rng.integers(0, photo.shape[1] - 80)
-            Image.fromarray(photo[top : top + 80, left : left + 80]).save(root / name / f"{name}_{i}.jpg")
-    return root
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), sample_photos, CLASSES, 8, 80, ".jpg")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
@@ -19,6 +18,8 @@ from sklearn_tl._training import (
     train_classifier,
 )
 
+from .conftest import write_photo_folder
+
 CLASSES = ("china", "flower")
 TINY = {"backbone": "resnet18", "weights": None, "image_size": 32, "random_state": 0}
 
@@ -26,14 +27,7 @@ TINY = {"backbone": "resnet18", "weights": None, "image_size": 32, "random_state
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory, sample_photos):
     """``root/<class>/<image>.png``: 6 real 64x64 crops of each sample photo."""
-    root = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for name, photo in zip(CLASSES, sample_photos):
-        (root / name).mkdir()
-        for i in range(6):
-            top, left = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
-            Image.fromarray(photo[top : top + 64, left : left + 64]).save(root / name / f"{name}_{i}.png")
-    return root
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), sample_photos, CLASSES, 6, 64, ".png")
 
 
 def test_labelled_folder_and_folds(photo_folder, tmp_path):
