@@ -40,7 +40,7 @@ import joblib
 import numpy as np
 import torch
 from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
-from bench_featurize import embedding_network, real_crops
+from bench_featurize import embedding_network, real_crops, timed
 from sklearn.base import clone
 
 import sklearn_tl
@@ -87,14 +87,6 @@ def real_weights() -> str | None:
     return None
 
 
-def synchronized(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
 
 
 # --- checks: each returns (result, detail) or raises Skip -------------------------------------------
@@ -112,8 +104,8 @@ def check_fp16_fidelity(ctx):
                                    precision="auto" if not ctx.forced else "float16", progress=False).fit(X[:1])
     full = clone(half).set_params(precision="float32").fit(X[:1])
     half.transform(X[:8]), full.transform(X[:8])  # warm-up (cudnn autotuning)
-    t_half, rows_half = synchronized(lambda: half.transform(X), ctx.device)
-    t_full, rows_full = synchronized(lambda: full.transform(X), ctx.device)
+    t_half, rows_half = timed(lambda: half.transform(X), ctx.device)
+    t_full, rows_full = timed(lambda: full.transform(X), ctx.device)
     cos = cosine_rows(rows_half, rows_full)
     ok = auto == torch.float16 and np.isfinite(rows_half).all() and cos.min() >= 0.999
     return ok, (f"auto → {auto}; {len(X)} real 256-px crops, MobileNetV2 {weights}: cosine to fp32 "
@@ -170,7 +162,7 @@ def check_oom_backoff(ctx):
     if ctx.cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    seconds, rows = synchronized(lambda: big.transform(X), ctx.device)
+    seconds, rows = timed(lambda: big.transform(X), ctx.device)
     seen = list(dict.fromkeys(SEEN_BATCHES))  # distinct sizes in order: the back-off sequence
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if ctx.cuda else "n/a"
     reference = small.transform(X)
@@ -224,7 +216,7 @@ def check_throughput(ctx, name):
     best = {}
     for round_ in range(1 + ctx.repeats):  # round 0 warms up (cudnn autotuning, allocator)
         for key, fn in methods.items():
-            seconds = synchronized(fn, ctx.device)[0]
+            seconds = timed(fn, ctx.device)[0]
             if round_:
                 best[key] = min(best.get(key, np.inf), seconds)
     rate = {key: len(X) / seconds for key, seconds in best.items()}
@@ -242,7 +234,7 @@ def check_finetune_amp(ctx):
     X, y = load_textures(n_per_class=ctx.n(100, 4), size=ctx.n(96, 32), random_state=0, return_X_y=True)
     clf = FineTuneClassifier("mobilenet_v2", weights=real_weights(), image_size=ctx.n(96, 32), max_epochs=2,
                              batch_size=64, random_state=0)
-    seconds = synchronized(lambda: clf.fit(X, y), ctx.device)[0]
+    seconds = timed(lambda: clf.fit(X, y), ctx.device)[0]
     losses = [row["train_loss"] for row in clf.history_]
     durations = [row["dur"] for row in clf.history_]
     scaler = getattr(clf, "grad_scaler_", None)
