@@ -7,18 +7,16 @@ out small or low-resolution images (an 8x8 digit keeps a 5x5 corner) and
 change the class where orientation matters (digits, text, many medical and
 satellite images). A flip is opt-in: ``"standard"`` (and a ``(min, max)``
 crop-area tuple, today's recipe with its own range) include one; a callable
-(any torchvision transform) does anything else.
+(any torchvision transform) does anything else; its output is then brought
+to the network's input size by the evaluation resize and centre crop, unless
+it already is that size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torchvision.transforms import InterpolationMode, RandomResizedCrop
-from torchvision.transforms.v2 import functional as TF
-
-__all__ = ["AUGMENT_PRESETS", "TrainTransform", "resolve_augment"]
+__all__ = ["AUGMENT_PRESETS", "CropPolicy", "resolve_augment"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,8 @@ def resolve_augment(augment):
     """``augment`` as a :class:`CropPolicy`, a callable, or None (no augmentation)."""
     if augment is False or augment is None:
         return None
+    if isinstance(augment, CropPolicy):
+        return augment
     if augment is True:
         return AUGMENT_PRESETS["standard"]
     if isinstance(augment, str):
@@ -59,33 +59,3 @@ def resolve_augment(augment):
     if callable(augment):
         return augment
     raise ValueError(f"{AUGMENT_HELP}; got {augment!r}.")
-
-
-class TrainTransform:
-    """Geometric training preprocessing of one ``(C, H, W)`` image tensor.
-
-    A :class:`CropPolicy` crops at random and resizes to ``config.crop_size``;
-    a user callable is applied first, then the evaluation resize and centre
-    crop bring its output to the size the network expects. The dtype is kept.
-    """
-
-    def __init__(self, config, policy, eval_transform):
-        self.config = config
-        self.policy = policy
-        self.eval_transform = eval_transform
-        self._interpolation = InterpolationMode(config.interpolation)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if not isinstance(self.policy, CropPolicy):
-            out = self.policy(image)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"The augment callable returned a {type(out).__name__}; it must return a tensor.")
-            return self.eval_transform(out)
-        size = self.config.crop_size
-        top, left, height, width = RandomResizedCrop.get_params(image, list(self.policy.scale), list(self.policy.ratio))
-        image = TF.resized_crop(
-            image, top, left, height, width, [size, size], interpolation=self._interpolation, antialias=True
-        )
-        if self.policy.flip and torch.rand(()) < 0.5:
-            image = TF.horizontal_flip(image)
-        return image

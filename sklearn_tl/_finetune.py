@@ -12,6 +12,8 @@ warm-up and cosine decay, and the pretrained layers learn at
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,25 +21,39 @@ import torch
 from sklearn.base import clone
 from sklearn.utils import TransformerTags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from skorch import NeuralNet, NeuralNetClassifier
 from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.utils import is_dataset
 from torch import nn
 
 from ._backbones import TimmTrunk
+from ._augment import AUGMENT_PRESETS, resolve_augment
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._callbacks import FreezeSchedule, PhaseCosineLR, unwrapped_module, valid_accuracy
 from ._engine import (
     forward_batches,
+    module_device,
     resolve_device,
     resolve_precision,
 )
-from ._finetune_hooks import ImageTrainingMixin
+from ._finetune_hooks import ImageTrainingMixin, with_transform
 from ._freeze import BACKBONE_PREFIX, FREEZE_HELP, backbone_blocks, check_freeze_syntax, resolve_freeze
 from ._head import FineTuneNetwork, build_head
-from ._images import ImageDataset
-from ._model import build_embedder
+from ._images import ImageDataset, KeyedImage
+from ._lr_find import LRFinderResult, lr_range_test
+from ._model import (
+    ImageEmbedder,
+    _probe,
+    _probe_widths,
+    as_layers,
+    build_embedder,
+    find_layer,
+    layer_feature_names,
+)
+from ._probe import fit_head
+from ._sources import source_for
 from ._onnx import BACKENDS, resolve_backend
 from ._preprocess import ImageTransform
 
@@ -52,18 +68,70 @@ __all__ = [
     "resolve_freeze",
 ]
 
+DEFAULT_LR = 1e-3  # the optimizer's rate before lr="auto" finds one, and where the test finds none
+LR_FINDER_STEPS = 40  # training batches of the range test behind lr="auto"
+
+# The tuned embedder -> (layers, its cut at those layers): built once, sharing the tuned parameters.
+_LAYER_EMBEDDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAYER_LOCK = threading.Lock()
+
+
+def _layer_embedder(embedder: ImageEmbedder, backbone, layers: tuple, record, config) -> ImageEmbedder:
+    """``embedder`` cut after ``layers``: the same (tuned) parameters, the pooled outputs of those layers.
+
+    Built once per tuned network (the FX cut shares its submodules, so later
+    training shows), on a probe image of ``config``'s size on its device.
+    """
+    with _LAYER_LOCK:
+        cached = _LAYER_EMBEDDERS.get(embedder)
+        if cached is None or cached[0] != layers:
+            for name in layers:
+                find_layer(embedder.trunk, name)  # the list of layer names, not an FX error
+            device = module_device(embedder)
+            probe = _probe(config).to(device)
+            trunk = source_for(backbone)[0].cut(embedder.trunk, layers, probe)
+            cut = ImageEmbedder(trunk, embedder.mean.flatten().tolist(), embedder.std.flatten().tolist(),
+                                pooling=embedder.pool.mode, layer=record).to(device).eval()
+            cached = _LAYER_EMBEDDERS[embedder] = (layers, cut)
+        return cached[1]
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """The images of an ``(image, target)`` dataset, each keyed by its ``(target, weight)``.
+
+    The key comes back with the image's row from :func:`forward_batches`, also
+    through DataLoader workers, so the head fit gets targets in row order
+    without loading any image twice.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, target = self.dataset[index]
+        weight = 1.0
+        if isinstance(image, dict):
+            image, weight = image["image"], image["sample_weight"]
+        return KeyedImage(image, (int(target), float(weight)))
+
 
 @shared_docs
 class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClassifier):
     """Fine-tune a pretrained CNN on your labels, inside scikit-learn.
 
     The original ImageNet classifier is removed; a new ``head`` is trained on
-    the pooled embedding. By default the head first trains alone for
-    ``unfreeze_after`` epochs, then the whole network trains, the pretrained
-    layers at a tenth of the learning rate, with a warm-up and cosine decay in
-    each phase, random resized crops and flips. After ``fit``, ``transform``
-    gives the tuned embeddings and ``final_estimator`` (e.g. ``SVC()``) can
-    make the predictions from them (hybrid mode).
+    the pooled embedding. The default recipe is LP-FT (Kumar et al., ICLR
+    2022): the head is first fitted to convergence on the frozen embeddings
+    (one forward pass of the training images and a multinomial logistic
+    regression fit, no backward pass through the backbone), then the whole
+    network trains from that head, the pretrained layers at a tenth of the
+    learning rate, with a warm-up and cosine decay, and random crops that keep
+    most of each image. After ``fit``, ``transform`` gives the tuned
+    embeddings (of ``layer`` if set) and ``final_estimator`` (e.g. ``SVC()``)
+    can make the predictions from them (hybrid mode).
 
     This is a skorch ``NeuralNetClassifier``: ``history``, ``partial_fit``,
     ``callbacks=[...]``, and the prefixes ``optimizer__*``, ``criterion__*``,
@@ -73,6 +141,12 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     Parameters
     ----------
     {backbone_params}
+    layer : str, list of str or None, default=None
+        What ``transform`` (and ``final_estimator``) uses, as the
+        featurizer's ``layer``: the pooled output of this layer of the tuned
+        network, or of each layer of a list, concatenated (feature names
+        ``<layer>_<pooling>_<i>``). The head always trains on the last
+        feature map. None: that last, pooled embedding.
     {preprocessing_params}
     freeze : None, "none", "backbone", int, float or list of str, default=None
         What stays fixed for the whole training: nothing (full fine-tune),
@@ -81,10 +155,31 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         whose names match any of the fnmatch patterns (names as in the
         original network, e.g. ``["features.0*", "features.1.*"]``). Frozen
         BatchNorm layers keep their running statistics.
-    unfreeze_after : int, default=1
-        Two-phase training: the whole backbone stays frozen for this many
-        epochs (the head trains alone), then the layers not selected by
-        ``freeze`` are unfrozen. 0 trains them from the start.
+    unfreeze_after : int, default=0
+        The whole backbone stays frozen for this many epochs (the head trains
+        alone by gradient descent), then the layers not selected by
+        ``freeze`` are unfrozen. 0 trains them from the first epoch, the
+        LP-FT recipe once ``head_init="probe"`` has fitted the head.
+        ``head_init="random", unfreeze_after=1`` is the recipe of v1.
+    head_init : {"probe", "random"}, default="probe"
+        ``"probe"``: before the first epoch, fit the new head by L-BFGS on
+        the frozen embeddings of the training images, with scikit-learn's
+        ``LogisticRegression(C=1)`` objective (weighted by ``class_weight``
+        and ``sample_weight``); it costs one featurization and a linear fit,
+        and fine-tuning then starts from a head that agrees with the
+        features instead of pushing random gradients into them. With
+        ``max_epochs=0`` the fitted model is that linear probe. ``"random"``:
+        the head's random initialisation.
+    batchnorm_stats : {"frozen", "update"}, default="frozen"
+        ``"frozen"``: BatchNorm layers normalise with their pretrained running
+        statistics while training too (their scale and shift still learn),
+        Keras's advice for fine-tuning and what keeps the features the head
+        was fitted on: in training mode, batch statistics of images far from
+        ImageNet shift every feature at the first step (measured on upscaled
+        digits: a first-epoch loss of 4.4 against 1.0, and 0.79 against 0.93
+        test accuracy after 4 epochs). ``"update"``: training-mode batch
+        statistics and updated running statistics in the layers that train
+        (v1); frozen layers keep theirs either way.
     head : None, int, sequence of int, callable or torch.nn.Module, default=None
         The new classifier: None is one linear layer; ints are hidden widths
         (each followed by ReLU); a callable ``head(n_features, n_classes)``
@@ -98,9 +193,23 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     lr_schedule : {"cosine", "constant"}, default="cosine"
         ``"cosine"``: :class:`PhaseCosineLR` (callback ``lr_schedule``);
         ``"constant"``: no schedule (add your own ``LRScheduler`` callback).
-    augment : bool or tuple of float, default=True
-        Random resized crop and horizontal flip when training (never when
-        predicting); a tuple ``(min, max)`` sets the crop's area range.
+    augment : {"auto", "light", "standard"}, bool, tuple of float or callable, default="auto"
+        Training augmentation (never when predicting). ``"auto"``: random
+        crops keeping 70-100 % of the image's area (aspect 0.9-1.1) and no
+        flip, safe for small, low-resolution and orientation-sensitive images
+        (digits, text, scans); ``"light"``: 85-100 %, no flip;
+        ``"standard"`` (or True): the ImageNet recipe, crops down to 35 % of
+        the area and a horizontal flip, for natural photos; ``(min, max)``:
+        that crop-area range, with a flip; False: none. A callable (any
+        torchvision transform) takes and returns a ``(C, H, W)`` tensor; its
+        output is then resized and centre-cropped to the network's input
+        unless it already has that size.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss (and in the head fit), as in
+        scikit-learn: ``{label: weight}`` or ``"balanced"``
+        (``n_samples / (n_classes * np.bincount(y))``); multiplied with
+        ``fit``'s ``sample_weight``. The training loss is the mean of the
+        weighted per-image losses.
     early_stopping : bool or int, default=False
         Stop when the validation loss has not improved for this many epochs
         (True is 5) and restore the best weights. Uses ``train_split``, or a
@@ -135,8 +244,12 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         or a CPU-only machine runs a model fitted on a GPU.
     criterion : torch criterion class, default=torch.nn.CrossEntropyLoss
     optimizer : torch optimizer class, default=torch.optim.AdamW
-    lr : float, default=1e-3
-        Learning rate of the head.
+    lr : float or "auto", default=1e-3
+        Learning rate of the head. ``"auto"``: an LR range test (Smith 2017,
+        fastai's ``lr_find``) of 40 training batches at the start of ``fit``,
+        after the head fit, picks the rate of steepest loss descent; model,
+        optimizer and random state are restored after it. The curve is in
+        ``lr_finder_``; :meth:`lr_find` runs the test alone.
     max_epochs : int, default=10
     batch_size : int or "auto", default="auto"
         32 on CPU, 256 on CUDA.
@@ -169,6 +282,13 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         The fitted ``final_estimator``, if one was given.
     history_ : skorch History
         Per-epoch losses, scores, ``lr`` and ``trainable`` parameter count.
+    lr_ : float
+        The head's learning rate: ``lr``, or the one the range test found.
+    lr_finder_ : LRFinderResult
+        With ``lr="auto"``: the range test's ``lrs``, smoothed ``losses`` and
+        ``suggestion``.
+    layer_widths_ : tuple of (str, int)
+        With ``layer``: each layer and its width in ``transform``'s output.
 
     See Also
     --------
@@ -192,15 +312,19 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     _finetune_constraints: dict = {
         **IMAGE_PARAMETER_CONSTRAINTS,
         "unfreeze_after": [Interval(Integral, 0, None, closed="left")],
+        "head_init": [StrOptions({"probe", "random"})],
+        "batchnorm_stats": [StrOptions({"frozen", "update"})],
+        "layer": [str, list, tuple, None],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
         "head": [None, Interval(Integral, 1, None, closed="left"), list, tuple, nn.Module, callable],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
         "lr_schedule": [StrOptions({"cosine", "constant"})],
-        "augment": ["boolean", tuple, list],
+        "augment": ["boolean", StrOptions(set(AUGMENT_PRESETS)), tuple, list, callable],
         "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "final_estimator": [HasMethods(["fit", "predict"]), None],
-        "lr": [Interval(Real, 0, None, closed="neither")],
+        "lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "backend": [StrOptions(set(BACKENDS))],
     }
@@ -212,6 +336,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         backbone="mobilenet_v2",
         *,
         weights="DEFAULT",
+        layer=None,
         pooling="avg",
         image_size=None,
         image_shape=None,
@@ -221,12 +346,15 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         crop_pct=None,
         value_range=None,
         freeze=None,
-        unfreeze_after=1,
+        unfreeze_after=0,
+        head_init="probe",
+        batchnorm_stats="frozen",
         head=None,
         dropout=0.2,
         backbone_lr_scale=0.1,
         lr_schedule="cosine",
-        augment=True,
+        augment="auto",
+        class_weight=None,
         early_stopping=False,
         validation_fraction=0.1,
         final_estimator=None,
@@ -248,6 +376,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         # Set before skorch's __init__, which makes later module attributes components.
         self.backbone = backbone
         self.weights = weights
+        self.layer = layer
         self.pooling = pooling
         self.image_size = image_size
         self.image_shape = image_shape
@@ -258,11 +387,14 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self.value_range = value_range
         self.freeze = freeze
         self.unfreeze_after = unfreeze_after
+        self.head_init = head_init
+        self.batchnorm_stats = batchnorm_stats
         self.head = head
         self.dropout = dropout
         self.backbone_lr_scale = backbone_lr_scale
         self.lr_schedule = lr_schedule
         self.augment = augment
+        self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.final_estimator = final_estimator
@@ -311,12 +443,8 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         validate_parameter_constraints(self._finetune_constraints, values, caller_name=type(self).__name__)
         self._check_image_params()
         check_freeze_syntax(self.freeze)
-        if isinstance(self.augment, (tuple, list)):
-            scale = tuple(self.augment)
-            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-                raise ValueError(
-                    f"augment=(min, max) is the crop's area range, 0 < min <= max <= 1; got {self.augment!r}."
-                )
+        resolve_augment(self.augment)
+        as_layers(self.layer)
 
     @property
     def _default_callbacks(self):
@@ -339,6 +467,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self._check_finetune_params()
         self.device_ = resolve_device(self.device)
         self.autocast_dtype_ = resolve_precision(self.precision, self.device_)
+        self.lr_ = DEFAULT_LR if self.lr == "auto" else self.lr
         self.grad_scaler_ = self._make_grad_scaler()
         # skorch's initialize(), with the callbacks after the module: they take its frozen layers.
         self.check_training_readiness()
@@ -369,6 +498,13 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self.blocks_ = [" + ".join(block) for block in backbone_blocks(embedder)]
         self._set_backbone_attributes(built)
         self.module_ = module
+        if self.layer is not None:  # fail in fit on an unknown layer; transform's width
+            layers = as_layers(self.layer)
+            cut = self._transform_module()
+            self.layer_widths_ = tuple(zip(layers, _probe_widths(cut, self.data_config_, self.backbone)))
+            self.n_features_out_ = sum(width for _, width in self.layer_widths_)
+        elif "layer_widths_" in vars(self):
+            del self.layer_widths_
         return self
 
     # -- fit -----------------------------------------------------------------
@@ -384,18 +520,94 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         with torch.random.fork_rng(devices=devices, enabled=seeded):
             if seeded:
                 torch.manual_seed(self._fit_seed)
-            yield
+            try:
+                yield
+            finally:
+                self.__dict__.pop("_fit_split", None)
             self._set_training(False)  # inference needs no training flags flipped
 
-    def _prepare_fit(self, X, y, reset: bool, classes=None):
+    def _prepare_fit(self, X, y, reset: bool, classes=None, sample_weight=None):
+        """``(source, encoded y, per-image loss weights or None)``, all checked, ``y`` first."""
         if is_dataset(X) and y is None:
-            return X, None  # a Dataset that yields encoded targets itself
+            if sample_weight is not None or self.class_weight is not None:
+                raise ValueError(
+                    "class_weight and sample_weight need images and y; a torch Dataset without y "
+                    "must weight its own loss (e.g. with a criterion)."
+                )
+            return X, None, None  # a Dataset that yields encoded targets itself
         y = self._check_labels(y, reset, classes)
+        weights = None
+        if sample_weight is not None or self.class_weight is not None:
+            weights = _check_sample_weight(sample_weight, np.empty((len(y), 0)), ensure_non_negative=True)
+            if self.class_weight is not None:
+                weights = weights * compute_sample_weight(self.class_weight, y)
+            if not weights.any():
+                raise ValueError("Sample weights must contain at least one non-zero number.")
+            weights = weights.astype(np.float32)
         source = X if is_dataset(X) else self._image_source(X, reset=reset)
-        return source, self._encode_labels(y, len(source), reset, classes)
+        return source, self._encode_labels(y, len(source), reset, classes), weights
 
-    def fit(self, X, y, **fit_params):
-        """Build the network, train it, and fit ``final_estimator`` if set.
+    def _training_data(self, source, y_encoded, weights):
+        """What skorch trains on: ``source`` itself, or a dataset whose items carry their weights."""
+        if weights is None:
+            return source
+        if not hasattr(self.criterion_, "reduction"):
+            raise ValueError(
+                f"class_weight and sample_weight need a criterion with a `reduction` setting (per-sample "
+                f"losses); {type(self.criterion_).__name__} has none."
+            )
+        return ImageDataset(source, ImageTransform(self.data_config_), targets=y_encoded, weights=weights)
+
+    def _start_training(self, X, y):
+        """Before the first epoch: LP-FT's head fit and the LR range test, on this fit's training split."""
+        if self.head_init != "probe" and self.lr != "auto":
+            return
+        self._fit_split = self.get_split_datasets(X, y)  # skorch's fit loop takes this very split
+        if self.head_init == "probe":
+            self._fit_head(self._fit_split[0])
+        if self.lr == "auto":
+            self.lr_finder_ = self._lr_range_test(self._fit_split[0], num_iter=LR_FINDER_STEPS)
+            found = self.lr_finder_.suggestion or DEFAULT_LR
+            for group in self.optimizer_.param_groups:  # every group keeps its ratio to lr
+                group["lr"] *= found / self.lr_
+            self.lr_ = found
+
+    def _fit_head(self, dataset_train):
+        """Fit the head on the frozen embeddings: a forward pass of the images, then L-BFGS."""
+        network = unwrapped_module(self)
+        if not any(p.requires_grad for p in network.head.parameters()):
+            return
+        images = _Labelled(with_transform(dataset_train, ImageTransform(self.data_config_)))
+        labels = []
+        embeddings = forward_batches(
+            network.embedder,
+            images,
+            batch_size=self._loader_batch_size(self.get_params_for("iterator_valid"), len(images)),
+            device=self.device_,
+            precision=self.precision,
+            num_workers=self.num_workers,
+            on_batch=lambda positions, rows, keys: labels.extend(keys),
+        )
+        targets, weights = (torch.tensor(column) for column in zip(*labels))
+        fit_head(network.head, torch.from_numpy(embeddings), targets, sample_weight=weights)
+
+    def _lr_range_test(self, dataset_train, **kwargs) -> LRFinderResult:
+        """The range test on the parameters the first epoch trains (``freeze`` and ``unfreeze_after``)."""
+        network = unwrapped_module(self)
+        frozen = set(self.frozen_params_)
+        if self.unfreeze_after > 0:
+            frozen |= {name for name, _ in network.named_parameters() if name.startswith(BACKBONE_PREFIX)}
+        flags = {name: p.requires_grad for name, p in network.named_parameters()}
+        try:
+            for name, param in network.named_parameters():
+                param.requires_grad_(name not in frozen)
+            return lr_range_test(self, dataset_train, **kwargs)
+        finally:
+            for name, param in network.named_parameters():
+                param.requires_grad_(flags[name])
+
+    def fit(self, X, y, sample_weight=None, **fit_params):
+        """Build the network, fit its head (LP-FT), train it, and fit ``final_estimator`` if set.
 
         Parameters
         ----------
@@ -404,6 +616,9 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             ``Dataset`` yielding ``(image, encoded_label)``.
         y : array-like of shape (n_samples,)
             Labels of any sklearn kind (ints, strings).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each image in the loss (and the head fit),
+            multiplied with ``class_weight``.
         **fit_params : dict
             Passed on to skorch.
 
@@ -413,26 +628,55 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         """
         warm = self.warm_start and self.initialized_
         with self._fit_scope(reset=not warm):
-            source, y_encoded = self._prepare_fit(X, y, reset=not warm)
+            source, y_encoded, weights = self._prepare_fit(X, y, reset=not warm, sample_weight=sample_weight)
             if not warm:
                 self.initialize()
-            NeuralNet.partial_fit(self, source, y_encoded, _routing_method="fit", **fit_params)
+            data = self._training_data(source, y_encoded, weights)
+            if not warm:
+                self._start_training(data, y_encoded)
+            NeuralNet.partial_fit(self, data, y_encoded, _routing_method="fit", **fit_params)
             self._fit_final_estimator(source, y)
         return self
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
+    def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
         """Train for ``max_epochs`` more epochs without re-initialising.
 
         ``classes`` fixes the label set on the first call; later calls must
-        use labels from it.
+        use labels from it. The first call fits the head as ``fit`` does.
         """
-        with self._fit_scope(reset=not self.initialized_):
-            source, y_encoded = self._prepare_fit(X, y, reset=not self.initialized_, classes=classes)
-            if not self.initialized_:
+        first = not self.initialized_
+        with self._fit_scope(reset=first):
+            source, y_encoded, weights = self._prepare_fit(
+                X, y, reset=first, classes=classes, sample_weight=sample_weight
+            )
+            if first:
                 self.initialize()
-            NeuralNet.partial_fit(self, source, y_encoded, **fit_params)
+            data = self._training_data(source, y_encoded, weights)
+            if first:
+                self._start_training(data, y_encoded)
+            NeuralNet.partial_fit(self, data, y_encoded, **fit_params)
             self._fit_final_estimator(source, y)
         return self
+
+    def lr_find(self, X, y, *, start_lr=1e-6, end_lr=1.0, num_iter=100, sample_weight=None) -> LRFinderResult:
+        """An LR range test on ``(X, y)``, run on a clone: this estimator is not changed.
+
+        The clone is initialised and its head fitted as ``fit`` would, then
+        the learning rate grows geometrically from ``start_lr`` to ``end_lr``
+        over ``num_iter`` training batches (stopping early if the loss
+        diverges). Returns an ``LRFinderResult`` with ``lrs``, the smoothed
+        ``losses`` and ``suggestion`` (the rate of steepest descent, for
+        ``lr``); ``as_dict()`` gives them as lists.
+        """
+        net = clone(self)
+        with net._fit_scope(reset=True):
+            source, y_encoded, weights = net._prepare_fit(X, y, reset=True, sample_weight=sample_weight)
+            net.initialize()
+            data = net._training_data(source, y_encoded, weights)
+            dataset_train = net.get_split_datasets(data, y_encoded)[0]
+            if net.head_init == "probe":
+                net._fit_head(dataset_train)
+            return net._lr_range_test(dataset_train, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)
 
     def fit_transform(self, X, y, **fit_params):
         """``fit(X, y)``, then the tuned embeddings of ``X``."""
@@ -462,8 +706,16 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             backend=resolve_backend(self.backend, device, self.precision, False, user_module),
         )
 
+    def _transform_module(self) -> nn.Module:
+        """What ``transform`` runs: the tuned embedder, or its cut at ``layer``."""
+        embedder = unwrapped_module(self).embedder
+        if self.layer is None:
+            return embedder
+        record = tuple(self.layer) if isinstance(self.layer, (list, tuple)) else self.layer
+        return _layer_embedder(embedder, self.backbone, as_layers(self.layer), record, self.data_config_)
+
     def transform(self, X):
-        """Embeddings of ``X`` from the tuned backbone (hybrid mode).
+        """Embeddings of ``X`` from the tuned backbone (hybrid mode), of ``layer`` if set.
 
         Parameters
         ----------
@@ -474,7 +726,14 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         X_embedded : ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self)
-        return self._forward_source(unwrapped_module(self).embedder, X)
+        return self._forward_source(self._transform_module(), X)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of ``transform``'s columns: ``finetuneclassifier<i>``, or ``<layer>_<pooling>_<i>`` with ``layer``."""
+        check_is_fitted(self)
+        if self.layer is not None:
+            return np.asarray(layer_feature_names(self.layer_widths_, self.pooling), dtype=object)
+        return np.asarray([f"finetuneclassifier{i}" for i in range(self.n_features_out_)], dtype=object)
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``.

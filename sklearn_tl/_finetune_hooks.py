@@ -14,6 +14,7 @@ pickles that load on a machine without the training device. It needs the attribu
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -36,13 +37,12 @@ from ._preprocess import ImageTransform
 __all__ = ["ImageTrainingMixin"]
 
 
-def _augmented(dataset, transform):
-    """``dataset`` with the training transform, if it is one of ours."""
+def with_transform(dataset, transform):
+    """``dataset`` (one of ours, or a ``Subset`` of one) with another transform; others as they are."""
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, ImageDataset):
-        inner = dataset.dataset
-        return Subset(ImageDataset(inner.source, transform, inner.targets), dataset.indices)
+        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
     if isinstance(dataset, ImageDataset):
-        return ImageDataset(dataset.source, transform, dataset.targets)
+        return ImageDataset(dataset.source, transform, dataset.targets, weights=dataset.weights)
     return dataset
 
 
@@ -92,6 +92,8 @@ class ImageTrainingMixin:
     def get_params_for_optimizer(self, prefix, named_parameters):
         """skorch's parameter groups, plus the pretrained layers at ``lr * backbone_lr_scale``."""
         args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix == "optimizer" and kwargs.get("lr") == "auto":
+            kwargs["lr"] = self.lr_  # lr="auto": the range test's rate (a placeholder until it has run)
         if prefix != "optimizer" or self.backbone_lr_scale == 1:
             return args, kwargs
         groups = args[0]
@@ -113,10 +115,7 @@ class ImageTrainingMixin:
         return ImageDataset(self._image_source(X, reset=False), ImageTransform(self.data_config_), targets=y)
 
     def _train_transform(self):
-        if self.augment is False:
-            return ImageTransform(self.data_config_)
-        scale = (0.35, 1.0) if self.augment is True else tuple(self.augment)
-        return ImageTransform(self.data_config_, augment=True, scale=scale)
+        return ImageTransform(self.data_config_, augment=self.augment)
 
     def _resolved_train_split(self):
         if self.train_split is not None or not self.early_stopping:
@@ -124,6 +123,9 @@ class ImageTrainingMixin:
         return ValidSplit(self.validation_fraction, stratified=True, random_state=getattr(self, "_fit_seed", None))
 
     def get_split_datasets(self, X, y=None, **fit_params):
+        pending = self.__dict__.pop("_fit_split", None)
+        if pending is not None:
+            return pending  # this fit's split, already made (the head fit and LR test used it)
         dataset = self.get_dataset(X, y)
         split = self._resolved_train_split()
         if split:
@@ -132,7 +134,7 @@ class ImageTrainingMixin:
             )
         else:
             dataset_train, dataset_valid = dataset, None
-        return _augmented(dataset_train, self._train_transform()), dataset_valid
+        return with_transform(dataset_train, self._train_transform()), dataset_valid
 
     def _loader_batch_size(self, kwargs: dict, n: int) -> int:
         batch_size = kwargs.pop("batch_size", self.batch_size)
@@ -158,6 +160,8 @@ class ImageTrainingMixin:
         return iterator(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle, **kwargs)
 
     def infer(self, x, **fit_params):
+        if isinstance(x, dict):  # {"image", "sample_weight"}: the weights are for get_loss
+            x = x["image"]
         x = to_model_input(x, self.device_, channels_last=True)
         with autocast_context(self.device_, self.autocast_dtype_):
             return self.module_(x, **fit_params)
@@ -166,7 +170,14 @@ class ImageTrainingMixin:
         y_pred = y_pred.float()
         if isinstance(self.criterion_, nn.NLLLoss):
             y_pred = torch.log_softmax(y_pred, dim=1)
-        return self.criterion_(y_pred, to_tensor(y_true, device=self.device_))
+        y_true = to_tensor(y_true, device=self.device_)
+        if not isinstance(X, dict):
+            return self.criterion_(y_pred, y_true)
+        # Weighted (class_weight / sample_weight): the mean of the weighted per-sample losses.
+        criterion = copy.copy(self.criterion_)  # the fitted criterion is not changed
+        criterion.reduction = "none"
+        losses = criterion(y_pred, y_true)
+        return (losses * X["sample_weight"].to(losses.device)).mean()
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
@@ -195,8 +206,11 @@ class ImageTrainingMixin:
             return
         network = unwrapped_module(self)
         backbone_frozen = not any(p.requires_grad for p in network.embedder.parameters())
+        keep_statistics = self.batchnorm_stats == "frozen"
         for module in network.modules():
-            if isinstance(module, _BatchNorm):
+            if isinstance(module, _BatchNorm) and keep_statistics:
+                module.eval()  # normalise with the pretrained statistics, as the head was fitted on them
+            elif isinstance(module, _BatchNorm):
                 params = list(module.parameters(recurse=False))
                 if (params and not any(p.requires_grad for p in params)) or (not params and backbone_frozen):
                     module.eval()  # frozen: keep the pretrained running statistics

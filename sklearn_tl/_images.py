@@ -540,17 +540,20 @@ class KeyedBatch(NamedTuple):
 class ImageDataset(torch.utils.data.Dataset):
     """A torch ``Dataset`` over an :class:`ImageSource`: preprocessed RGB images.
 
-    Items are ``image`` or ``(image, target)`` when ``targets`` is given. With
+    Items are ``image`` or ``(image, target)`` when ``targets`` is given, and
+    ``({"image": image, "sample_weight": w}, target)`` when ``weights`` is
+    given too (skorch's convention for sample weights: they travel with X). With
     ``on_error="warn"``, an unreadable file gives a :class:`LoadFailure` instead
     of raising, so one bad file does not stop a long run. ``keyed=True`` makes
     each item a :class:`KeyedImage` carrying the content key of exactly the
     data that was decoded (the embedding cache stores rows under it).
     """
 
-    def __init__(self, source: ImageSource, transform, targets=None, on_error="raise", keyed=False):
+    def __init__(self, source: ImageSource, transform, targets=None, on_error="raise", keyed=False, weights=None):
         self.source = source
         self.transform = transform
         self.targets = targets
+        self.weights = weights
         self.on_error = on_error
         self.keyed = keyed
         config = getattr(transform, "config", None)
@@ -578,6 +581,8 @@ class ImageDataset(torch.utils.data.Dataset):
             return KeyedImage(image, key)
         if self.targets is None:
             return image
+        if self.weights is not None:
+            return {"image": image, "sample_weight": float(self.weights[index])}, self.targets[index]
         return image, self.targets[index]
 
 
@@ -597,7 +602,11 @@ def collate_images(batch):
         return KeyedBatch(collate_images([item.image for item in batch]), [item.key for item in batch])
     if isinstance(batch[0], tuple) and not isinstance(batch[0], LoadFailure):
         images, targets = zip(*batch)
-        return collate_images(list(images)), torch.as_tensor(np.asarray(targets))
+        targets = torch.as_tensor(np.asarray(targets))
+        if isinstance(images[0], dict):
+            weights = torch.tensor([item["sample_weight"] for item in images], dtype=torch.float32)
+            return {"image": collate_images([item["image"] for item in images]), "sample_weight": weights}, targets
+        return collate_images(list(images)), targets
     failures = [item for item in batch if isinstance(item, LoadFailure)]
     if not failures:
         return _stack(batch)

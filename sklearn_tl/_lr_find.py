@@ -32,29 +32,42 @@ class LRFinderResult:
         return {"lrs": list(self.lrs), "losses": list(self.losses), "suggestion": self.suggestion}
 
 
-def suggest_lr(lrs, losses) -> float | None:
-    """The rate of steepest descent of the smoothed loss (in log-lr), before its minimum.
+def suggest_lr(lrs, losses, descent: float = 0.25, rise: float = 1.5) -> float | None:
+    """The rate to train at, from a range test's curve (the smoothed losses).
 
-    A tenth of the rate at the minimum where the curve is too short to have a
-    slope. None when the loss never fell.
+    The first tenth of the points is skipped (the smoothed loss of a few
+    batches is noise). Where the loss then falls by more than ``descent`` of
+    its starting level (the median of the next five points) before its
+    minimum: the rate of steepest descent (in log-lr), fastai's rule for a new
+    head. Where it does not (a head already fitted on the features, so that
+    small rates change little): a tenth of the rate at which the loss first
+    exceeds ``rise`` times its best so far (the edge of divergence, Smith's
+    rule), or a tenth of the largest rate tried if it never does. None for a
+    curve of fewer than 3 points or with no finite loss.
     """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) < 3 or not np.isfinite(losses).any():
         return None
-    best = int(np.nanargmin(losses))
-    if best < 2:
-        return float(lrs[best] / 10) if best > 0 else None
-    slopes = np.gradient(losses[: best + 1], np.log(lrs[: best + 1]))
-    return float(lrs[int(np.argmin(slopes))])
+    skip = max(1, len(lrs) // 10)
+    lrs, losses = lrs[skip:], losses[skip:]
+    finite = np.where(np.isfinite(losses), losses, np.inf)
+    best = int(np.argmin(finite))
+    if best >= 2 and finite[best] < (1 - descent) * np.median(finite[:5]):
+        slopes = np.gradient(losses[: best + 1], np.log(lrs[: best + 1]))
+        return float(lrs[int(np.argmin(slopes))])
+    diverged = np.flatnonzero(finite > rise * np.minimum.accumulate(finite))
+    edge = lrs[diverged[0]] if len(diverged) else lrs[-1]
+    return float(edge / 10)
 
 
 def lr_range_test(net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoothing=0.05, diverge=4.0):
     """Run the test on an initialised skorch ``net`` over batches of ``dataset``.
 
-    Each optimizer parameter group keeps its ratio to ``net.lr`` (so a
-    backbone group at ``lr * backbone_lr_scale`` stays at that scale). Stops
+    Each optimizer parameter group keeps its ratio to the net's learning
+    rate (``net.lr_`` where the net resolves one, else ``net.lr``), so a
+    backbone group at ``lr * backbone_lr_scale`` stays at that scale. Stops
     early when the smoothed loss exceeds ``diverge`` times its best.
-    Returns an :class:`LRFinderResult` whose ``suggestion`` is for ``net.lr``.
+    Returns an :class:`LRFinderResult` whose ``suggestion`` is for that rate.
     """
     module, optimizer = net.module_, net.optimizer_
     saved_module = copy.deepcopy(module.state_dict())
@@ -62,7 +75,8 @@ def lr_range_test(net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoot
     saved_training = {name: m.training for name, m in module.named_modules()}
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     saved_rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
-    ratios = [group["lr"] / net.lr for group in optimizer.param_groups]
+    base_lr = getattr(net, "lr_", net.lr)
+    ratios = [group["lr"] / base_lr for group in optimizer.param_groups]
     result = LRFinderResult()
     factor = (end_lr / start_lr) ** (1.0 / max(1, num_iter - 1))
     average, best, step = 0.0, math.inf, 0

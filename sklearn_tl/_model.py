@@ -217,7 +217,8 @@ def _probe(config: DataConfig) -> torch.Tensor:
 
 def _probe_widths(module: ImageEmbedder, config: DataConfig, backbone) -> list[int]:
     """Width of each pooled output, from one forward pass on a blank image."""
-    probe = torch.zeros(1, 3, config.crop_size, config.crop_size)
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    probe = torch.zeros(1, 3, config.crop_size, config.crop_size, device=device)
     try:
         with torch.inference_mode():
             maps = module.feature_map(probe)

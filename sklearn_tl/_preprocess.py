@@ -6,7 +6,7 @@ weights' own metadata (torchvision ``Weights.transforms``, timm
 std or a size.
 
 The transform is geometric only (resize the shorter side, centre crop, or a
-random resized crop with flips when training); it keeps uint8 images uint8, so
+training augmentation policy from :mod:`sklearn_tl._augment`); it keeps uint8 images uint8, so
 batches are small to move. Normalisation with the mean and std happens on the
 device, inside :class:`sklearn_tl._model.ImageEmbedder`.
 """
@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
+
+from ._augment import CropPolicy, resolve_augment
 
 __all__ = ["DataConfig", "resolve_data_config", "ImageTransform"]
 
@@ -83,27 +85,44 @@ def resolve_data_config(
 class ImageTransform:
     """Geometric preprocessing of one ``(C, H, W)`` image tensor.
 
-    Evaluation: resize the shorter side to ``resize_size``, centre crop
-    ``crop_size``. Training (``augment=True``): random resized crop and a
-    horizontal flip. The dtype (uint8 or float in [0, 1]) is kept.
+    Evaluation (``augment=None``): resize the shorter side to ``resize_size``,
+    centre crop ``crop_size``. Training: ``augment`` is anything
+    :func:`~sklearn_tl._augment.resolve_augment` takes (``"auto"``,
+    ``"light"``, ``"standard"``, a crop-area range, a :class:`CropPolicy`, or a
+    callable): a random resized crop (and a flip where the policy has one), or
+    the callable followed by the evaluation resize and crop unless its output
+    is already ``crop_size`` square. The dtype (uint8 or float in [0, 1]) is kept.
     """
 
-    def __init__(self, config: DataConfig, augment: bool = False, scale=(0.35, 1.0)):
+    def __init__(self, config: DataConfig, augment=None):
         self.config = config
-        self.augment = augment
-        self.scale = tuple(scale)
+        self.augment = resolve_augment(augment)  # a CropPolicy, a callable, or None
         self._interpolation = InterpolationMode(config.interpolation)
+
+    @property
+    def scale(self):
+        """The crop's area range (None without a crop policy)."""
+        return self.augment.scale if isinstance(self.augment, CropPolicy) else None
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         size = self.config.crop_size
-        if self.augment:
-            top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), [3 / 4, 4 / 3])
+        if isinstance(self.augment, CropPolicy):
+            policy = self.augment
+            top, left, height, width = RandomResizedCrop.get_params(image, list(policy.scale), list(policy.ratio))
             image = TF.resized_crop(
                 image, top, left, height, width, [size, size], interpolation=self._interpolation, antialias=True
             )
-            if torch.rand(()) < 0.5:
+            if policy.flip and torch.rand(()) < 0.5:
                 image = TF.horizontal_flip(image)
             return image
+        if self.augment is not None:
+            image = self.augment(image)
+            if not isinstance(image, torch.Tensor):
+                raise TypeError(
+                    f"The augment callable returned a {type(image).__name__}; it must return a tensor, (C, H, W)."
+                )
+            if tuple(image.shape[-2:]) == (size, size):
+                return image
         if min(image.shape[-2:]) != self.config.resize_size:
             image = TF.resize(image, self.config.resize_size, interpolation=self._interpolation, antialias=True)
         return TF.center_crop(image, [size, size])

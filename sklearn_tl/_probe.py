@@ -34,12 +34,13 @@ def fit_head(
     ``n``; so ``C`` and the weights mean what they mean there.
     Dropout is off during the fit (the head is in eval mode, then restored).
     """
-    embeddings = embeddings.detach().float()
-    targets = targets.detach().long()
+    device = next(head.parameters()).device
+    embeddings = embeddings.detach().float().to(device)
+    targets = targets.detach().long().to(device)
     n = len(targets)
-    weights = torch.ones(n) if sample_weight is None else sample_weight.detach().float()
+    weights = torch.ones(n, device=device) if sample_weight is None else sample_weight.detach().float().to(device)
     if class_weight is not None:
-        weights = weights * class_weight.float()[targets]
+        weights = weights * class_weight.float().to(device)[targets]
     matrices = [p for name, p in head.named_parameters() if p.ndim > 1 and p.requires_grad]
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")

@@ -42,7 +42,20 @@ def _thumbnail(path, size=128):
         return None
 
 
-def _figure(y_true, y_pred, class_names, paths, confidence, title):
+def _lr_panel(ax, lr_finder: dict) -> None:
+    """The LR range test's smoothed loss against the learning rate, and its suggestion."""
+    ax.plot(lr_finder["lrs"], lr_finder["losses"], color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    suggestion = lr_finder.get("suggestion")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+        ax.legend(loc="upper left")
+    ax.set_title("learning-rate range test (lr='auto')")
+
+
+def _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder=None):
     from sklearn.metrics import confusion_matrix
 
     plt = _import_pyplot()
@@ -55,9 +68,11 @@ def _figure(y_true, y_pred, class_names, paths, confidence, title):
     wrong = wrong[:MAX_THUMBNAILS]
 
     n_thumb_rows = int(np.ceil(len(wrong) / 4)) if len(wrong) else 0
+    lr_rows = [3.0] if lr_finder else []
     side = max(4.0, 0.55 * len(labels) + 2.5)
-    fig = plt.figure(figsize=(2 * side + 1, side + 2.6 * n_thumb_rows + 0.8), layout="constrained")
-    grid = fig.add_gridspec(1 + n_thumb_rows, 8, height_ratios=[side] + [2.4] * n_thumb_rows)
+    height = side + 2.6 * n_thumb_rows + 3.2 * len(lr_rows) + 0.8
+    fig = plt.figure(figsize=(2 * side + 1, height), layout="constrained")
+    grid = fig.add_gridspec(1 + n_thumb_rows + len(lr_rows), 8, height_ratios=[side] + [2.4] * n_thumb_rows + lr_rows)
     fig.suptitle(title, fontsize=13)
 
     ax = fig.add_subplot(grid[0, :4])
@@ -93,10 +108,26 @@ def _figure(y_true, y_pred, class_names, paths, confidence, title):
         ax.set_title(f"{name}\ntrue {y_true[index]} → {y_pred[index]}{extra}", fontsize=8)
     if not len(wrong):
         fig.text(0.5, 0.01, "no misclassified images", ha="center")
+    if lr_finder:
+        _lr_panel(fig.add_subplot(grid[1 + n_thumb_rows, 1:7]), lr_finder)
     return fig, matrix, per_class, wrong
 
 
-def write_report(path, y_true, y_pred, class_names, *, paths=None, confidence=None, title="", summary=()):
+def _lr_section(lr_finder) -> str:
+    if not lr_finder:
+        return ""
+    suggestion = lr_finder.get("suggestion")
+    chosen = f"suggested learning rate: <b>{suggestion:.3g}</b>" if suggestion is not None else "no suggestion"
+    points = "".join(f"<tr><td>{lr:.3g}</td><td>{loss:.4f}</td></tr>"
+                     for lr, loss in zip(lr_finder["lrs"], lr_finder["losses"]))
+    return (f"<h2>Learning-rate range test</h2><p>{chosen} (the curve is drawn in the figure above)</p>"
+            f"<details><summary>{len(lr_finder['lrs'])} points</summary><table><tr><th>lr</th>"
+            f"<th>smoothed loss</th></tr>{points}</table></details>")
+
+
+def write_report(
+    path, y_true, y_pred, class_names, *, paths=None, confidence=None, title="", summary=(), lr_finder=None
+):
     """Write a PNG (``.png``) or HTML (``.html``/``.htm``) report of cross-validated predictions.
 
     Parameters
@@ -113,13 +144,17 @@ def write_report(path, y_true, y_pred, class_names, *, paths=None, confidence=No
     title : str
     summary : iterable of str
         Lines shown at the top of the HTML page.
+    lr_finder : dict, optional
+        ``{"lrs", "losses", "suggestion"}`` of the final model's LR range
+        test (``FineTuneClassifier(lr="auto").lr_finder_.as_dict()``): drawn
+        as a curve, the suggestion marked and listed.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in {".png", ".html", ".htm"}:
         raise ValueError(f"Report {str(path)!r} must end in .png or .html.")
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    fig, matrix, per_class, wrong = _figure(y_true, y_pred, class_names, paths, confidence, title)
+    fig, matrix, per_class, wrong = _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder)
     plt = _import_pyplot()
     try:
         if suffix == ".png":
@@ -153,6 +188,7 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f2f2f2}}</style
 <h2>Per-class accuracy</h2>
 <table><tr><th>class</th><th>accuracy</th><th>images</th></tr>{rows}</table>
 <h2>Misclassified images</h2><ul>{mistakes}</ul>
+{_lr_section(lr_finder)}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

@@ -203,6 +203,19 @@ def _format_confusion(matrix, names) -> str:
     return "\n".join(lines)
 
 
+def _learning_rate(text: str):
+    """``--lr``: a positive number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'auto', not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number or 'auto', not {text!r}")
+    return value
+
+
 def _cmd_train(args) -> int:
     output = Path(args.output)
     _check_output(output, (".joblib", ".pkl"))
@@ -256,8 +269,9 @@ def _cmd_train(args) -> int:
         title = f"{Path(args.folder).name}: {args.mode}, {args.backbone}"
         summary = [f"{len(data.paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
                    f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"]
+        finder = getattr(result.model, "lr_finder_", None)
         write_report(args.report, data.y, result.predicted, names, paths=data.paths, confidence=result.confidence,
-                     title=title, summary=summary)
+                     title=title, summary=summary, lr_finder=None if finder is None else finder.as_dict())
         print(f"report: {args.report}")
     return 0
 
@@ -473,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folds, capped by the smallest class; 0 skips cross-validation (default: 5)")
     train.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
     train.add_argument("--max-epochs", type=int, default=5, help="finetune/hybrid: epochs (default: 5)")
-    train.add_argument("--lr", type=float, default=1e-3, help="finetune/hybrid: learning rate (default: 1e-3)")
+    train.add_argument("--lr", type=_learning_rate, default=1e-3,
+                       help="finetune/hybrid: learning rate, or 'auto' for an LR range test at the start of "
+                            "training, whose curve --report shows (default: 1e-3)")
     train.add_argument("--freeze", type=_freeze_arg, default=None,
                        help="finetune/hybrid: 'backbone', 'none', or a number of blocks to freeze")
     train.add_argument(

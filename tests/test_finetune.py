@@ -41,7 +41,8 @@ def tiny_backbone(width=4):
 
 
 def tiny(**params):
-    defaults = dict(weights=None, image_size=16, max_epochs=2, random_state=0, augment=False, lr=1e-2, batch_size=8)
+    defaults = dict(weights=None, image_size=16, max_epochs=2, random_state=0, augment=False, lr=1e-2, batch_size=8,
+                    batchnorm_stats="update")  # these tests check how BatchNorm layers train and freeze
     backbone = params.pop("backbone", None) or tiny_backbone()
     return FineTuneClassifier(backbone, **{**defaults, **params})
 
@@ -493,8 +494,16 @@ EXPECTED_FAILED_CHECKS = {
     "check_no_attributes_set_in_init": SKORCH + "__init__ sets history_, initialized_ and virtual_params_",
     "check_do_not_raise_errors_in_init_or_set_params": SKORCH
     + "set_params(callbacks=...) builds the callbacks at once",
-    "check_classifiers_one_label_sample_weights": SKORCH
-    + "fit params go to the module's forward; sample_weight is not supported",
+    "check_classifiers_one_label_sample_weights": NOT_IMAGES + "tests/test_lpft.py::TestWeights",
+    "check_sample_weights_pandas_series": NOT_IMAGES + "tests/test_lpft.py::TestWeights",
+    "check_sample_weights_not_an_array": NOT_IMAGES + "tests/test_lpft.py::TestWeights",
+    "check_sample_weights_list": NOT_IMAGES + "tests/test_lpft.py::TestWeights",
+    "check_sample_weights_shape": NOT_IMAGES + "tests/test_lpft.py::TestWeights::test_bad_weights",
+    "check_sample_weights_not_overwritten": NOT_IMAGES + "tests/test_lpft.py::TestWeights::test_bad_weights",
+    "check_sample_weight_equivalence_on_dense_data": NOT_IMAGES
+    + "tests/test_lpft.py::TestWeights::test_class_weight_is_sample_weight_and_changes_the_loss",
+    "check_class_weight_classifiers": NOT_IMAGES
+    + "tests/test_lpft.py::TestWeights::test_balanced_head_fit_is_sklearns",
     "check_fit_score_takes_y": NOT_IMAGES + COVERED + "TestFitPredict::test_string_labels_classes_predict_score",
     "check_estimators_fit_returns_self": NOT_IMAGES
     + COVERED

@@ -9,8 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from skorch import NeuralNetClassifier
 from torch import nn
 
-import sklearn_tl._augment as augment_module
-from sklearn_tl._augment import AUGMENT_PRESETS, TrainTransform, resolve_augment
+import sklearn_tl._preprocess as preprocess_module
+from sklearn_tl._augment import AUGMENT_PRESETS, resolve_augment
 from sklearn_tl._lr_find import lr_range_test, suggest_lr
 from sklearn_tl._preprocess import DataConfig, ImageTransform
 from sklearn_tl._probe import fit_head
@@ -19,16 +19,16 @@ from sklearn_tl._probe import fit_head
 def _crop_fractions(monkeypatch, augment, n=300, side=8):
     """Fractions of an ``side x side`` image's area kept by ``n`` training crops."""
     seen = []
-    real = augment_module.RandomResizedCrop.get_params
+    real = preprocess_module.RandomResizedCrop.get_params
 
     def recording(image, scale, ratio):
         top, left, height, width = real(image, scale, ratio)
         seen.append(height * width / side**2)
         return top, left, height, width
 
-    monkeypatch.setattr(augment_module.RandomResizedCrop, "get_params", staticmethod(recording))
+    monkeypatch.setattr(preprocess_module.RandomResizedCrop, "get_params", staticmethod(recording))
     config = DataConfig(crop_size=32, resize_size=36)
-    transform = TrainTransform(config, resolve_augment(augment), ImageTransform(config))
+    transform = ImageTransform(config, augment=augment)
     image = torch.randint(0, 256, (3, side, side), dtype=torch.uint8)
     torch.manual_seed(0)
     for _ in range(n):
@@ -39,7 +39,7 @@ def _crop_fractions(monkeypatch, augment, n=300, side=8):
 class TestAugment:
     def test_auto_keeps_most_of_a_small_image_and_never_flips(self, monkeypatch):
         flips = []
-        monkeypatch.setattr(augment_module.TF, "horizontal_flip", lambda image: flips.append(1) or image)
+        monkeypatch.setattr(preprocess_module.TF, "horizontal_flip", lambda image: flips.append(1) or image)
         kept = _crop_fractions(monkeypatch, "auto")
         assert kept.min() >= 0.55 and np.median(kept) >= 0.75, (kept.min(), np.median(kept))
         assert not flips
@@ -58,12 +58,11 @@ class TestAugment:
     def test_a_callable_runs_then_the_output_is_sized_for_the_network(self):
         config = DataConfig(crop_size=16, resize_size=18)
         calls = []
-        transform = TrainTransform(config, resolve_augment(lambda im: calls.append(1) or im.flip(-2)),
-                                   ImageTransform(config))
+        transform = ImageTransform(config, augment=lambda im: calls.append(1) or im.flip(-2))
         image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)
         assert transform(image).shape == (3, 16, 16) and calls
         with pytest.raises(TypeError, match="must return a tensor"):
-            TrainTransform(config, lambda im: im.numpy(), ImageTransform(config))(image)
+            ImageTransform(config, augment=lambda im: im.numpy())(image)
 
 
 class TestFitHead:
@@ -135,3 +134,9 @@ class TestLRRangeTest:
         losses = [2.0, 2.0, 1.99, 1.9, 1.5, 1.0, 0.9, 0.85, 0.8, 3.0, 9.0]
         assert suggest_lr(lrs, losses) == pytest.approx(lrs[4], rel=0.5)
         assert suggest_lr(lrs[:2], losses[:2]) is None
+
+    def test_suggestion_without_a_descent_is_a_tenth_of_the_divergence_edge(self):
+        lrs = np.logspace(-6, 0, 13)  # a fitted head: flat, then the loss blows up from lrs[9]
+        losses = [0.30, 0.29, 0.31, 0.30, 0.30, 0.29, 0.30, 0.31, 0.35, 0.60, 2.0, 9.0, np.inf]
+        assert suggest_lr(lrs, losses) == pytest.approx(lrs[9] / 10)
+        assert suggest_lr(lrs, [0.3] * 13) == pytest.approx(lrs[-1] / 10)  # never diverged

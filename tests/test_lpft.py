@@ -1,0 +1,246 @@
+"""FineTuneClassifier's recipe: LP-FT head fit, lr="auto" and lr_find, augment presets, weights, layer=."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import SVC
+from skorch.callbacks import Callback
+from torch import nn
+
+from sklearn_tl import PretrainedCNNFeaturizer
+from sklearn_tl._augment import AUGMENT_PRESETS
+from sklearn_tl._finetune import FineTuneClassifier
+
+from .conftest import REAL_WEIGHTS
+from .test_finetune import StateAt, tiny, tiny_backbone
+
+CALLS = []  # (inference mode, grad enabled, batch size) of each forward; "backward" for each backward
+
+
+class CountingBackbone(nn.Module):
+    """The tiny backbone, recording every forward and every backward pass through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = tiny_backbone()
+
+    def forward(self, x):
+        out = self.body(x)
+        CALLS.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled(), len(x)))
+        if out.requires_grad:
+            out.register_hook(lambda grad: CALLS.append("backward"))
+        return out
+
+
+@pytest.fixture(scope="module")
+def stripes():
+    """Separable "horizontal" / "vertical" stripes, random phase and noise. (24, 20, 20, 3) uint8."""
+    rng = np.random.default_rng(1)
+    images, labels = [], []
+    for i in range(24):
+        wave = (np.sin(np.arange(20) * 1.2 + rng.uniform(0, 6)) > 0) * 200.0
+        stripes = np.tile(wave[:, None], (1, 20)) if i % 2 else np.tile(wave[None, :], (20, 1))
+        images.append(np.clip(stripes[..., None] + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8))
+        labels.append("h" if i % 2 else "v")
+    return np.stack(images), np.array(labels)
+
+
+class GradRecorder(Callback):
+    """The names of the parameters that got a gradient in any training step."""
+
+    def __init__(self):
+        self.names = set()
+
+    def on_grad_computed(self, net, named_parameters, **kwargs):
+        self.names |= {name for name, p in named_parameters if p.grad is not None}
+
+
+def _logits(clf, X):
+    return clf.module_.head(torch.from_numpy(clf.transform(X))).detach().numpy()
+
+
+class TestHeadFit:
+    def test_head_fit_is_one_forward_pass_and_no_backward(self, stripes):
+        X, y = stripes
+        CALLS.clear()
+        clf = tiny(backbone=CountingBackbone(), max_epochs=0).fit(X, y)
+        passes = [c for c in CALLS if c != "backward" and c[2] > 1]  # not the 1-image width probe
+        assert "backward" not in CALLS
+        assert passes == [(True, False, 8)] * 3  # the 24 training images, once, in inference mode
+        CALLS.clear()
+        tiny(backbone=CountingBackbone(), max_epochs=1).fit(X, y)
+        assert CALLS.count("backward") == 3  # backward passes: only the epoch's 3 batches
+        assert sum(1 for c in CALLS if c != "backward" and c[2] > 1 and c[0]) == 3  # still one head-fit pass
+
+    def test_head_fit_is_sklearns_logistic_regression_on_the_frozen_embeddings(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=0).fit(X, y)
+        embeddings = clf.transform(X)  # the backbone is untouched: these are what the head was fitted on
+        # Two softmax rows with the L2 penalty on both are binary LR on their difference at twice the C.
+        reference = LogisticRegression(C=2.0, tol=1e-8, max_iter=5000).fit(embeddings, clf.classes_.searchsorted(y))
+        logits = _logits(clf, X)
+        margin = logits[:, 1] - logits[:, 0]
+        np.testing.assert_allclose(margin, reference.decision_function(embeddings), atol=5e-3)
+        random = tiny(max_epochs=0, head_init="random").fit(X, y)
+        init = copy.deepcopy(random.module_.head.state_dict())
+        torch.manual_seed(0)
+        assert not np.allclose(_logits(random, X), logits, atol=0.1)
+        assert all(torch.equal(v, random.module_.head.state_dict()[k]) for k, v in init.items())
+
+    def test_head_fit_uses_the_training_split_only(self, stripes):
+        X, y = stripes
+        CALLS.clear()
+        clf = tiny(backbone=CountingBackbone(), max_epochs=1, early_stopping=1, validation_fraction=0.25).fit(X, y)
+        head_fit = [c for c in CALLS[: CALLS.index("backward")] if c[0] and c[2] > 1]
+        assert sum(size for _, _, size in head_fit) == 18  # 24 images less the 6 held out for validation
+        assert clf.history[-1, "train_batch_count"] == 3
+
+    def test_real_weights_head_fit_equals_the_linear_probe_and_training_keeps_it(self):
+        data = load_digits()
+        order = np.random.default_rng(0).permutation(len(data.target))[:360]
+        X, y = (data.images[order] / 16.0).astype(np.float32), data.target[order]
+        common = dict(weights=REAL_WEIGHTS, image_size=48, random_state=0)
+        featurizer = PretrainedCNNFeaturizer("mobilenet_v2", **common).fit(X[:240])
+        probe = LogisticRegression(C=1.0, max_iter=3000).fit(featurizer.transform(X[:240]), y[:240])
+        probe_acc = probe.score(featurizer.transform(X[240:]), y[240:])
+        head_only = FineTuneClassifier("mobilenet_v2", max_epochs=0, **common).fit(X[:240], y[:240])
+        assert abs(head_only.score(X[240:], y[240:]) - probe_acc) <= 0.02
+        tuned = FineTuneClassifier("mobilenet_v2", max_epochs=2, **common).fit(X[:240], y[:240])
+        assert tuned.score(X[240:], y[240:]) >= probe_acc - 0.03, (tuned.score(X[240:], y[240:]), probe_acc)
+
+
+class TestBatchNorm:
+    def test_statistics_frozen_by_default_while_scale_and_shift_learn(self, stripes):
+        X, y = stripes
+        recorder = StateAt()
+        clf = tiny(max_epochs=2, batchnorm_stats="frozen", callbacks=[("state", recorder)]).fit(X, y)
+        assert FineTuneClassifier().batchnorm_stats == "frozen"
+        assert recorder.seen and not any(any(bn.values()) for _, bn, _, _ in recorder.seen)  # eval in every batch
+        for name, value in recorder.initial_.items():
+            now = clf.module_.state_dict()[name]
+            if "running_" in name or "num_batches" in name:
+                assert torch.equal(value, now), name
+        assert not torch.equal(recorder.initial_["embedder.trunk.1.weight"], clf.module_.state_dict()["embedder.trunk.1.weight"])
+        updated = tiny(max_epochs=2, batchnorm_stats="update").fit(X, y)
+        assert not torch.equal(recorder.initial_["embedder.trunk.1.running_mean"],
+                               updated.module_.state_dict()["embedder.trunk.1.running_mean"])
+
+
+class TestLearningRate:
+    def test_lr_find_changes_nothing_and_auto_is_the_same_fit_at_the_found_rate(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=2, lr="auto")
+        params = clf.get_params()
+        result = clf.lr_find(X, y, num_iter=12)
+        assert not hasattr(clf, "module_") and clf.get_params().keys() == params.keys()
+        assert len(result.lrs) == len(result.losses) <= 12 and np.all(np.diff(result.lrs) > 0)
+        assert result.suggestion is None or result.lrs[0] <= result.suggestion <= result.lrs[-1]
+        auto = clone(clf).fit(X, y)
+        assert auto.lr_ == (auto.lr_finder_.suggestion or 1e-3)
+        assert len(auto.lr_finder_.lrs) > 5 and len(auto.history) == 2  # the test ran no epoch
+        fixed = tiny(max_epochs=2, lr=auto.lr_).fit(X, y)
+        for name, value in auto.module_.state_dict().items():  # model, optimizer and RNG were restored
+            torch.testing.assert_close(value, fixed.module_.state_dict()[name], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(auto.history[:, "train_loss"], fixed.history[:, "train_loss"], rtol=1e-4)
+
+    def test_range_test_trains_only_what_the_first_epoch_trains(self, stripes):
+        X, y = stripes
+        recorder = GradRecorder()
+        clf = tiny(max_epochs=0, freeze="backbone", callbacks=[("grads", recorder)]).fit(X, y)
+        flags = [p.requires_grad for p in clf.module_.parameters()]
+        state = copy.deepcopy(clf.module_.state_dict())
+        result = clf._lr_range_test(clf.get_split_datasets(X, clf.classes_.searchsorted(y))[0], num_iter=4)
+        assert len(result.lrs) == 4 and recorder.names and all(n.startswith("head.") for n in recorder.names)
+        assert [p.requires_grad for p in clf.module_.parameters()] == flags
+        assert all(torch.equal(v, clf.module_.state_dict()[k]) for k, v in state.items())
+
+
+class TestAugmentDefault:
+    def test_auto_by_default_and_any_callable(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=1, augment="auto").fit(X, y)
+        train, _ = clf.get_split_datasets(X, clf.classes_.searchsorted(y))
+        assert train.transform.augment == AUGMENT_PRESETS["auto"] and not AUGMENT_PRESETS["auto"].flip
+        assert FineTuneClassifier().augment == "auto"
+        seen = []
+        custom = tiny(max_epochs=1, augment=lambda image: seen.append(image.shape) or image.flip(-1)).fit(X, y)
+        assert seen and custom.score(X, y) >= 0
+        with pytest.raises(ValueError, match="augment"):
+            tiny(augment="strong").fit(X, y)
+
+
+class TestWeights:
+    def test_class_weight_is_sample_weight_and_changes_the_loss(self, stripes):
+        X, y = stripes
+        common = dict(max_epochs=2, head_init="random")
+        plain = tiny(**common).fit(X, y)
+        by_class = tiny(class_weight={"h": 1.0, "v": 5.0}, **common).fit(X, y)
+        by_sample = tiny(**common).fit(X, y, sample_weight=np.where(y == "v", 5.0, 1.0))
+        assert not np.allclose(by_class.history[:, "train_loss"], plain.history[:, "train_loss"], rtol=1e-3)
+        np.testing.assert_allclose(by_class.history[:, "train_loss"], by_sample.history[:, "train_loss"], rtol=1e-5)
+        ones = tiny(**common).fit(X, y, sample_weight=np.ones(24))
+        np.testing.assert_allclose(ones.history[:, "train_loss"], plain.history[:, "train_loss"], rtol=1e-5)
+
+    def test_weighted_loss_is_the_mean_of_weighted_per_sample_losses(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=0).fit(X, y)
+        logits, targets = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+        weights = torch.tensor([1.0, 2.0, 0.0, 0.5])
+        loss = clf.get_loss(logits, targets, X={"image": None, "sample_weight": weights})
+        expected = (nn.functional.cross_entropy(logits, targets, reduction="none") * weights).mean()
+        torch.testing.assert_close(loss, expected)
+        assert clf.criterion_.reduction == "mean"  # the fitted criterion is not changed
+
+    def test_balanced_head_fit_is_sklearns(self, stripes):
+        X, y = stripes
+        keep = np.r_[np.flatnonzero(y == "h"), np.flatnonzero(y == "v")[:4]]  # 12 "h", 4 "v"
+        Xi, yi = X[keep], y[keep]
+        clf = tiny(max_epochs=0, class_weight="balanced").fit(Xi, yi)
+        embeddings = clf.transform(Xi)
+        reference = LogisticRegression(C=2.0, class_weight="balanced", tol=1e-8, max_iter=5000)  # as above
+        reference.fit(embeddings, (yi == "v").astype(int))
+        logits = _logits(clf, Xi)
+        np.testing.assert_allclose(logits[:, 1] - logits[:, 0], reference.decision_function(embeddings), atol=5e-3)
+
+    @pytest.mark.parametrize(
+        "weights, match",
+        [(np.ones(5), "sample_weight"), (-np.ones(24), "Negative values"), (np.zeros(24), "non-zero")],
+    )
+    def test_bad_weights(self, stripes, weights, match):
+        X, y = stripes
+        given = weights.copy()
+        with pytest.raises(ValueError, match=match):
+            tiny(max_epochs=0).fit(X, y, sample_weight=weights)
+        np.testing.assert_array_equal(weights, given)
+        with pytest.raises(ValueError, match="class_weight"):
+            tiny(class_weight="uniform").fit(X, y)
+        dataset = torch.utils.data.TensorDataset(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]))
+        with pytest.raises(ValueError, match="need images and y"):
+            tiny(max_epochs=0, class_weight="balanced", classes=[0, 1]).fit(dataset, None)
+
+
+class TestLayers:
+    def test_transform_follows_layer_and_shares_the_tuned_weights(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=0, layer="0").fit(X, y)
+        featurizer = PretrainedCNNFeaturizer(tiny_backbone(), weights="DEFAULT", layer="0", image_size=16)
+        featurizer.backbone.load_state_dict(clf.module_.embedder.trunk.state_dict())
+        np.testing.assert_allclose(clf.transform(X), featurizer.fit(X).transform(X), rtol=1e-4, atol=1e-5)
+        assert clf.n_features_out_ == 4 and clf.get_feature_names_out()[0] == "0_avg_0"
+        before = clf.transform(X)
+        clf.set_params(max_epochs=1, lr=0.1).partial_fit(X, y)
+        assert not np.allclose(clf.transform(X), before, atol=1e-4)  # the cut runs the tuned weights
+
+    def test_several_layers_and_the_final_estimator(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=1, layer=["0", "3"], final_estimator=SVC()).fit(X, y)
+        assert clf.transform(X).shape == (24, 12) and clf.layer_widths_ == (("0", 4), ("3", 8))
+        assert clf.final_estimator_.n_features_in_ == 12 and clf.predict(X).shape == (24,)
+        assert list(clf.get_feature_names_out()[[0, 4]]) == ["0_avg_0", "3_avg_0"]
+        with pytest.raises(ValueError, match="Unknown layer 'nope'"):
+            tiny(layer="nope").fit(X, y)
