@@ -1,24 +1,36 @@
-"""Fine-tuning: accuracy per epoch of each mode, and skorch's overhead per epoch.
+"""Fine-tuning: do FineTuneClassifier's defaults beat the linear probe? And skorch's overhead per epoch.
 
-Data: scikit-learn's ``load_digits`` (real 8x8 scans of handwritten digits),
-upscaled to ``--image-size`` px, a fixed train/test split. Backbone:
-MobileNetV2 with the real ImageNet weights (offline file), on this machine's
-device.
+1. On four real datasets that ship with the installed packages, side by side
+   in one run, each at the same ``--image-size`` and a fixed small epoch
+   budget (``--epochs``), test accuracy and fit time of:
 
-1. Accuracy on the test images after every epoch of one ``--epochs`` run:
+   - raw pixels: ``StandardScaler`` + ``LogisticRegression`` on the pixels;
+   - linear probe: ``PretrainedCNNFeaturizer`` + ``StandardScaler`` +
+     ``LogisticRegression`` (the frozen backbone; the baseline to beat);
+   - ``FineTuneClassifier()`` defaults (LP-FT: the head fitted on the frozen
+     embeddings, then everything trains, BatchNorm statistics frozen,
+     ``augment="auto"``);
+   - hybrid: the defaults with ``final_estimator=LogisticRegression()`` on
+     the tuned embeddings;
+   - v1 defaults: ``head_init="random", unfreeze_after=1, augment="standard",
+     batchnorm_stats="update"`` (the recipe before LP-FT), for the gap it closed;
+   - ``lr="auto"``: the defaults with the LR range test picking the rate.
 
-   - head-only: ``freeze="backbone"`` (only the new linear head trains);
-   - full fine-tune: the defaults (head alone for 1 epoch, then everything,
-     the backbone at lr/10, warm-up + cosine per phase, augmentation);
-   - hybrid: an ``SVC`` fitted on the embeddings of the network being tuned
-     in the full run, at each epoch (epoch 0: the frozen ImageNet embeddings,
-     i.e. PretrainedCNNFeaturizer + SVC).
+   Datasets: ``load_digits`` (8x8 scans of handwritten digits, 10 classes);
+   scikit-image's brick / grass / gravel textures (patches, train from the top
+   half of each photo, test from the bottom half); patches of eight photos
+   (scikit-image's astronaut, chelsea, coffee, rocket, immunohistochemistry,
+   hubble_deep_field and scikit-learn's china and flower; the class is the
+   photo; train from the left half, test from the right); scikit-image's
+   ``lfw_subset`` (25x25 faces against non-faces). Every FineTuneClassifier
+   row is the mean over ``--seeds`` random states. Backbone: MobileNetV2 with
+   the real ImageNet weights (offline file), on this machine's device.
 
-2. Time per epoch of ``FineTuneClassifier`` against a plain hand-written
-   PyTorch loop of the same model (MobileNetV2 trunk + linear head, channels
-   last, AdamW), the same images (resized per image in a Dataset), the same
-   batch size, full fine-tuning with no validation split. Single epochs
-   alternate so machine noise hits both alike; the median per-pair ratio.
+2. ``--overhead``: time per epoch of ``FineTuneClassifier`` against a plain
+   hand-written PyTorch loop of the same model (MobileNetV2 trunk + linear
+   head, channels last, AdamW) on the digits, the same batch size, full
+   fine-tuning with no validation split. Single epochs alternate so machine
+   noise hits both alike; the median per-pair ratio.
 
     python benchmarks/bench_finetune.py --write benchmarks/RESULTS_finetune.md
 """
@@ -33,19 +45,22 @@ import time
 import numpy as np
 import torch
 from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
-from sklearn.datasets import load_digits
-from sklearn.svm import SVC
-from skorch.callbacks import Callback
+from sklearn.datasets import load_digits, load_sample_images
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torchvision.transforms.v2 import functional as TF
 
+from sklearn_tl import PretrainedCNNFeaturizer
 from sklearn_tl._engine import resolve_device
 from sklearn_tl._finetune import FineTuneClassifier
 from sklearn_tl._model import build_embedder
 
 WEIGHTS = "IMAGENET1K_V1"
+V1_RECIPE = dict(head_init="random", unfreeze_after=1, augment="standard", batchnorm_stats="update")
 
 
-def digits(n_train: int, n_test: int):
+def digits(n_train: int = 500, n_test: int = 300):
     data = load_digits()
     order = np.random.default_rng(0).permutation(len(data.target))
     X = (data.images[order] / 16.0).astype(np.float32)
@@ -53,42 +68,123 @@ def digits(n_train: int, n_test: int):
     return X[:n_train], y[:n_train], X[n_train : n_train + n_test], y[n_train : n_train + n_test]
 
 
-class TestAccuracy(Callback):
-    """After every epoch: accuracy of the network and of an SVC on its embeddings."""
-
-    def __init__(self, X_train, y_train, X_test, y_test, hybrid: bool):
-        self.data = (X_train, y_train, X_test, y_test)
-        self.hybrid = hybrid
-        self.rows = []
-
-    def _hybrid(self, net):
-        X_train, y_train, X_test, y_test = self.data
-        svc = SVC().fit(net.transform(X_train), y_train)
-        return svc.score(net.transform(X_test), y_test)
-
-    def on_train_begin(self, net, **kwargs):
-        if self.hybrid and not self.rows:
-            self.rows.append((0, None, self._hybrid(net)))  # the frozen ImageNet embeddings
-
-    def on_epoch_end(self, net, **kwargs):
-        X_train, y_train, X_test, y_test = self.data
-        net_acc = net.score(X_test, y_test)
-        self.rows.append((len(net.history), net_acc, self._hybrid(net) if self.hybrid else None))
+def _patches(image, n, size, rng):
+    top = rng.integers(0, image.shape[0] - size + 1, n)
+    left = rng.integers(0, image.shape[1] - size + 1, n)
+    return [image[t : t + size, s : s + size] for t, s in zip(top, left)]
 
 
-def accuracy_curves(args, data):
+def _split_patches(images: dict, n_train, n_test, size, axis, seed=0):
+    """Patches of each image, train from its first half along ``axis`` and test from the second."""
+    rng = np.random.default_rng(seed)
+    parts = {"train": ([], []), "test": ([], [])}
+    for label, image in images.items():
+        half = image.shape[axis] // 2
+        first, second = (image[:half], image[half:]) if axis == 0 else (image[:, :half], image[:, half:])
+        for name, part, n in (("train", first, n_train), ("test", second, n_test)):
+            parts[name][0].extend(_patches(part, n, size, rng))
+            parts[name][1].extend([label] * n)
+    return (np.stack(parts["train"][0]), np.array(parts["train"][1]),
+            np.stack(parts["test"][0]), np.array(parts["test"][1]))
+
+
+def textures(n_train=80, n_test=100, size=16):
+    import skimage.data
+
+    images = {name: getattr(skimage.data, name)() for name in ("brick", "grass", "gravel")}
+    return _split_patches(images, n_train, n_test, size, axis=0)
+
+
+def photos(n_train=50, n_test=40, size=48):
+    import skimage.data
+
+    names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+    images = {name: getattr(skimage.data, name)() for name in names}
+    sample = load_sample_images()
+    images.update({"china": sample.images[0], "flower": sample.images[1]})
+    return _split_patches(images, n_train, n_test, size, axis=1)
+
+
+def faces():
+    import skimage.data
+
+    X = skimage.data.lfw_subset().astype(np.float32)  # 100 faces, then 100 non-faces, in [0, 1]
+    y = np.array(["face"] * 100 + ["other"] * 100)
+    order = np.random.default_rng(0).permutation(200)
+    X, y = X[order], y[order]
+    return X[:140], y[:140], X[140:], y[140:]
+
+
+DATASETS = {"digits": digits, "textures": textures, "photos": photos, "faces": faces}
+DEFAULT_DATASETS = ("digits", "textures", "photos")  # faces: 60 test images, too few to resolve 1 point
+
+
+def _timed(make, X_train, y_train, X_test, y_test):
+    start = time.perf_counter()
+    model = make().fit(X_train, y_train)
+    fitted = time.perf_counter() - start
+    return model.score(X_test, y_test), fitted
+
+
+def compare(args, name, data):
     X_train, y_train, X_test, y_test = data
-    common = dict(weights=WEIGHTS, image_size=args.image_size, max_epochs=args.epochs, random_state=0)
-    curves = {}
-    for mode, params in (("head-only", dict(freeze="backbone")), ("full", {})):
-        probe = TestAccuracy(X_train, y_train, X_test, y_test, hybrid=mode == "full")
-        start = time.perf_counter()
-        FineTuneClassifier("mobilenet_v2", callbacks=[("test_accuracy", probe)], **common, **params).fit(
-            X_train, y_train
-        )
-        curves[mode] = (probe.rows, time.perf_counter() - start)
-        print(mode, probe.rows, f"{curves[mode][1]:.0f}s", flush=True)
-    return curves
+    flat = lambda X: X.reshape(len(X), -1).astype(np.float32)  # noqa: E731
+    common = dict(weights=WEIGHTS, image_size=args.image_size)
+    rows = {}
+    start = time.perf_counter()
+    pixels = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(flat(X_train), y_train)
+    rows["raw pixels + LR"] = (pixels.score(flat(X_test), y_test), time.perf_counter() - start)
+    rows["linear probe"] = _timed(
+        lambda: make_pipeline(PretrainedCNNFeaturizer("mobilenet_v2", **common), StandardScaler(),
+                              LogisticRegression(max_iter=3000)),
+        *data,
+    )
+    variants = {
+        "FineTuneClassifier() defaults": {},
+        "hybrid (defaults + LogisticRegression)": dict(final_estimator=LogisticRegression(max_iter=3000)),
+        "v1 defaults": V1_RECIPE,
+        'lr="auto"': dict(lr="auto"),
+    }
+    for label, params in variants.items():
+        runs = [
+            _timed(lambda: FineTuneClassifier("mobilenet_v2", max_epochs=args.epochs, random_state=seed,
+                                              **common, **params), *data)
+            for seed in range(args.seeds)
+        ]
+        rows[label] = tuple(np.mean(runs, axis=0)) + (np.ptp([r[0] for r in runs]),)
+        print(name, label, rows[label], flush=True)
+    return rows, (len(X_train), len(X_test), len(np.unique(y_train)), X_train.shape[1:])
+
+
+def recipe_table(args, results) -> list[str]:
+    names = list(results)
+    labels = list(next(iter(results.values()))[0])
+    lines = [
+        f"### Test accuracy (fit time, s): {args.epochs} epochs, {args.image_size} px, "
+        f"mean of {args.seeds} seeds for FineTuneClassifier rows",
+        "",
+        "| model | " + " | ".join(
+            f"{n} ({r[1][0]} train / {r[1][1]} test, {r[1][2]} classes)" for n, r in results.items()
+        ) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for label in labels:
+        cells = []
+        for n in names:
+            row = results[n][0][label]
+            spread = f" ±{row[2] / 2:.3f}" if len(row) > 2 and args.seeds > 1 else ""
+            cells.append(f"{row[0]:.3f}{spread} ({row[1]:.0f} s)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    probe = {n: results[n][0]["linear probe"][0] for n in names}
+    ours = {n: results[n][0]["FineTuneClassifier() defaults"][0] for n in names}
+    lines += [
+        "",
+        "Defaults minus linear probe, in points: "
+        + ", ".join(f"{n} {100 * (ours[n] - probe[n]):+.1f}" for n in names)
+        + ". ± is half the range over the seeds.",
+        "",
+    ]
+    return lines
 
 
 class ResizedImages(torch.utils.data.Dataset):
@@ -142,6 +238,8 @@ def overhead(args, data, device):
         batch_size=args.batch_size,
         unfreeze_after=0,
         augment=False,
+        batchnorm_stats="update",  # BatchNorm in training mode, as in the plain loop
+        head_init="random",
         random_state=0,
     ).fit(X, y)  # warm-up epoch, not timed
     plain = PlainLoop(X, y, args, device)
@@ -156,43 +254,22 @@ def overhead(args, data, device):
     return statistics.median(ours_s), statistics.median(plain_s), statistics.median(ratios), len(ratios)
 
 
-def report(args, curves, timing, device) -> str:
+def report(args, results, timing, device) -> str:
     lines = [
         "## Fine-tuning (`benchmarks/bench_finetune.py`)",
         "",
         f"Command: `python benchmarks/bench_finetune.py {args.command}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"device {device}, torch {torch.__version__}. Data: load_digits, {args.n_train} train / {args.n_test} test "
-        f"images upscaled to {args.image_size} px. MobileNetV2, ImageNet weights, batch size 32 (CPU default).",
+        f"device {device}, torch {torch.__version__}. MobileNetV2, ImageNet weights (IMAGENET1K_V1), "
+        "batch size 32 (CPU default).",
         "",
     ]
-    if curves is not None:
-        lines += accuracy_table(args, curves)
-    lines += timing_table(args, timing)
+    if results:
+        lines += recipe_table(args, results)
+    if timing is not None:
+        lines += timing_table(args, timing)
     return "\n".join(lines)
-
-
-def accuracy_table(args, curves) -> list[str]:
-    lines = [
-        f"### Test accuracy after each epoch ({args.epochs}-epoch runs)",
-        "",
-        "| epoch | head-only | full fine-tune | hybrid (SVC on tuned embeddings) |",
-        "|---:|---:|---:|---:|",
-    ]
-    head_rows = {e: acc for e, acc, _ in curves["head-only"][0]}
-    for epoch, net_acc, svc_acc in curves["full"][0]:
-        head = head_rows.get(epoch)
-        cells = [f"{v:.3f}" if v is not None else "–" for v in (head, net_acc, svc_acc)]
-        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Epoch 0 of the hybrid column is PretrainedCNNFeaturizer + SVC (frozen ImageNet embeddings). "
-        f"Wall time of the runs, including the per-epoch evaluation: head-only {curves['head-only'][1]:.0f} s, "
-        f"full + hybrid {curves['full'][1]:.0f} s.",
-        "",
-    ]
-    return lines
 
 
 def timing_table(args, timing) -> list[str]:
@@ -213,21 +290,20 @@ def timing_table(args, timing) -> list[str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--n-train", type=int, default=800)
-    parser.add_argument("--n-test", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: " + ", ".join(DATASETS))
+    parser.add_argument("--overhead", action="store_true", help="also time epochs against a plain PyTorch loop")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--timing-images", type=int, default=320)
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--skip-accuracy", action="store_true", help="only the timing comparison")
     parser.add_argument("--write", default=None, help="write the Markdown report here")
     args = parser.parse_args(argv)
     args.command = " ".join(a for a in (argv or __import__("sys").argv[1:]))
     device = resolve_device("auto")
-    data = digits(args.n_train, args.n_test)
-    curves = None if args.skip_accuracy else accuracy_curves(args, data)
-    timing = overhead(args, data, device)
-    emit(report(args, curves, timing, device), args.write)
+    results = {name: compare(args, name, DATASETS[name]()) for name in args.datasets.split(",") if name}
+    timing = overhead(args, digits(800, 0), device) if args.overhead else None
+    emit(report(args, results, timing, device), args.write)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ class ImageTrainingMixin:
             return
         network = unwrapped_module(self)
         backbone_frozen = not any(p.requires_grad for p in network.embedder.parameters())
-        keep_statistics = self.batchnorm_stats == "frozen"
+        keep_statistics = self._batchnorm_frozen()
         for module in network.modules():
             if isinstance(module, _BatchNorm) and keep_statistics:
                 module.eval()  # normalise with the pretrained statistics, as the head was fitted on them
@@ -214,6 +214,12 @@ class ImageTrainingMixin:
                 params = list(module.parameters(recurse=False))
                 if (params and not any(p.requires_grad for p in params)) or (not params and backbone_frozen):
                     module.eval()  # frozen: keep the pretrained running statistics
+
+    def _batchnorm_frozen(self) -> bool:
+        """``batchnorm_stats`` resolved: "auto" keeps pretrained statistics, and random init has none to keep."""
+        if self.batchnorm_stats == "auto":
+            return self.weights is not None
+        return self.batchnorm_stats == "frozen"
 
     # -- labels ----------------------------------------------------------------
 

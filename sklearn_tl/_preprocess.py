@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ._augment import CropPolicy, resolve_augment
 
-__all__ = ["DataConfig", "resolve_data_config", "ImageTransform"]
+__all__ = ["DataConfig", "resolve_data_config", "ImageTransform", "ViewTransform", "tta_views"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,3 +126,53 @@ class ImageTransform:
         if min(image.shape[-2:]) != self.config.resize_size:
             image = TF.resize(image, self.config.resize_size, interpolation=self._interpolation, antialias=True)
         return TF.center_crop(image, [size, size])
+
+
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+class ViewTransform:
+    """One deterministic test-time view of a ``(C, H, W)`` image, at the network's input size.
+
+    ``corner`` None: the evaluation view (resize, centre crop); else the crop
+    of that corner keeping ``fraction`` of each side, resized to
+    ``crop_size``. ``flip`` mirrors the view. No randomness: the same rows from
+    any thread, in any order.
+    """
+
+    def __init__(self, config: DataConfig, corner=None, fraction: float = 1.0, flip: bool = False):
+        if corner is not None and corner not in CORNERS:
+            raise ValueError(f"corner must be None or one of {CORNERS}; got {corner!r}.")
+        self.config = config
+        self.corner = corner
+        self.fraction = float(fraction)
+        self.flip = bool(flip)
+        self._eval = ImageTransform(config)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.corner is None:
+            image = self._eval(image)
+        else:
+            height, width = image.shape[-2:]
+            crop_h, crop_w = max(1, round(height * self.fraction)), max(1, round(width * self.fraction))
+            top = 0 if self.corner.startswith("top") else height - crop_h
+            left = 0 if self.corner.endswith("left") else width - crop_w
+            size = self.config.crop_size
+            image = TF.resized_crop(
+                image, top, left, crop_h, crop_w, [size, size], interpolation=self._eval._interpolation, antialias=True
+            )
+        return TF.horizontal_flip(image) if self.flip else image
+
+
+def tta_views(config: DataConfig, policy: CropPolicy) -> list:
+    """Test-time views from a training crop policy: the evaluation view and the four corner crops.
+
+    The corners keep the policy's mean crop area (side fraction
+    ``sqrt(mean(scale))``, 92 % of each side under ``"auto"``); a policy that
+    flips adds the mirror image of each of the five views.
+    """
+    fraction = math.sqrt(sum(policy.scale) / 2)
+    views = [ViewTransform(config)] + [ViewTransform(config, corner, fraction) for corner in CORNERS]
+    if policy.flip:
+        views += [ViewTransform(view.config, view.corner, view.fraction, flip=True) for view in views]
+    return views

@@ -162,6 +162,22 @@ def test_train_html_report(photo_folder, tmp_path, capsys):
     assert "china" in page and "Misclassified images" in page
 
 
+def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path):
+    assert main([
+        "train", str(photo_folder), "--mode", "finetune", "--weights", "none", "--image-size", "32",
+        "--max-epochs", "1", "--lr", "auto", "--cv", "2", "-o", str(tmp_path / "m.joblib"),
+        "--report", str(tmp_path / "r.html"), "-q",
+    ]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "Learning-rate range test" in page and "suggested learning rate" in page
+    from sklearn_tl._persistence import load_model
+
+    model = load_model(tmp_path / "m.joblib")
+    assert model.lr == "auto" and f"{model.lr_finder_.suggestion:.3g}" in page
+    with pytest.raises(SystemExit):
+        main(["train", str(photo_folder), "--lr", "fast", "-o", str(tmp_path / "x.joblib")])
+
+
 # ---------------------------------------------------------------- predict
 
 

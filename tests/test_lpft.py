@@ -15,6 +15,7 @@ from torch import nn
 from sklearn_tl import PretrainedCNNFeaturizer
 from sklearn_tl._augment import AUGMENT_PRESETS
 from sklearn_tl._finetune import FineTuneClassifier
+from sklearn_tl._preprocess import DataConfig, ViewTransform, tta_views
 
 from .conftest import REAL_WEIGHTS
 from .test_finetune import StateAt, tiny, tiny_backbone
@@ -92,6 +93,19 @@ class TestHeadFit:
         assert not np.allclose(_logits(random, X), logits, atol=0.1)
         assert all(torch.equal(v, random.module_.head.state_dict()[k]) for k, v in init.items())
 
+    def test_cache_embeds_each_image_once_across_fits(self, stripes, tmp_path):
+        X, y = stripes
+        backbone = CountingBackbone()
+        CALLS.clear()
+        tiny(backbone=backbone, max_epochs=0, cache=tmp_path).fit(X, y)
+        assert sum(c[2] for c in CALLS if c != "backward" and c[2] > 1) == 24
+        CALLS.clear()
+        cached = tiny(backbone=backbone, max_epochs=0, cache=tmp_path).fit(X[4:20], y[4:20])
+        assert not [c for c in CALLS if c != "backward" and c[2] > 1]  # every row came from the cache
+        fresh = tiny(backbone=backbone, max_epochs=0).fit(X[4:20], y[4:20])
+        for name, value in fresh.module_.head.state_dict().items():
+            torch.testing.assert_close(cached.module_.head.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+
     def test_head_fit_uses_the_training_split_only(self, stripes):
         X, y = stripes
         CALLS.clear()
@@ -100,18 +114,19 @@ class TestHeadFit:
         assert sum(size for _, _, size in head_fit) == 18  # 24 images less the 6 held out for validation
         assert clf.history[-1, "train_batch_count"] == 3
 
-    def test_real_weights_head_fit_equals_the_linear_probe_and_training_keeps_it(self):
+    def test_real_weights_head_fit_is_the_linear_probe_and_fine_tuning_beats_it(self):
         data = load_digits()
-        order = np.random.default_rng(0).permutation(len(data.target))[:360]
+        order = np.random.default_rng(0).permutation(len(data.target))[:800]
         X, y = (data.images[order] / 16.0).astype(np.float32), data.target[order]
-        common = dict(weights=REAL_WEIGHTS, image_size=48, random_state=0)
-        featurizer = PretrainedCNNFeaturizer("mobilenet_v2", **common).fit(X[:240])
-        probe = LogisticRegression(C=1.0, max_iter=3000).fit(featurizer.transform(X[:240]), y[:240])
-        probe_acc = probe.score(featurizer.transform(X[240:]), y[240:])
-        head_only = FineTuneClassifier("mobilenet_v2", max_epochs=0, **common).fit(X[:240], y[:240])
-        assert abs(head_only.score(X[240:], y[240:]) - probe_acc) <= 0.02
-        tuned = FineTuneClassifier("mobilenet_v2", max_epochs=2, **common).fit(X[:240], y[:240])
-        assert tuned.score(X[240:], y[240:]) >= probe_acc - 0.03, (tuned.score(X[240:], y[240:]), probe_acc)
+        common = dict(weights=REAL_WEIGHTS, image_size=64, random_state=0)
+        featurizer = PretrainedCNNFeaturizer("mobilenet_v2", backend="torch", **common).fit(X[:500])
+        probe = LogisticRegression(C=1.0, max_iter=3000).fit(featurizer.transform(X[:500]), y[:500])
+        probe_acc = probe.score(featurizer.transform(X[500:]), y[500:])
+        head_only = FineTuneClassifier("mobilenet_v2", max_epochs=0, **common).fit(X[:500], y[:500])
+        assert abs(head_only.score(X[500:], y[500:]) - probe_acc) <= 0.01
+        # The defaults at the benchmark's budget (benchmarks/README.md: +3.0 points on these digits).
+        tuned = FineTuneClassifier("mobilenet_v2", max_epochs=4, **common).fit(X[:500], y[:500])
+        assert tuned.score(X[500:], y[500:]) >= probe_acc + 0.01, (tuned.score(X[500:], y[500:]), probe_acc)
 
 
 class TestBatchNorm:
@@ -119,7 +134,8 @@ class TestBatchNorm:
         X, y = stripes
         recorder = StateAt()
         clf = tiny(max_epochs=2, batchnorm_stats="frozen", callbacks=[("state", recorder)]).fit(X, y)
-        assert FineTuneClassifier().batchnorm_stats == "frozen"
+        assert FineTuneClassifier().batchnorm_stats == "auto"
+        assert FineTuneClassifier()._batchnorm_frozen() and not FineTuneClassifier(weights=None)._batchnorm_frozen()
         assert recorder.seen and not any(any(bn.values()) for _, bn, _, _ in recorder.seen)  # eval in every batch
         for name, value in recorder.initial_.items():
             now = clf.module_.state_dict()[name]
@@ -244,3 +260,37 @@ class TestLayers:
         assert list(clf.get_feature_names_out()[[0, 4]]) == ["0_avg_0", "3_avg_0"]
         with pytest.raises(ValueError, match="Unknown layer 'nope'"):
             tiny(layer="nope").fit(X, y)
+
+
+class TestTestTimeAugmentation:
+    def test_views_are_deterministic_crops_of_the_preset(self):
+        image = torch.zeros(1, 4, 4, dtype=torch.uint8)
+        image[:, :2, :2], image[:, :2, 2:], image[:, 2:, :2], image[:, 2:, 2:] = 10, 20, 30, 40
+        config = DataConfig(crop_size=2, resize_size=2, interpolation="nearest")
+        for corner, value in zip(("top-left", "top-right", "bottom-left", "bottom-right"), (10, 20, 30, 40)):
+            assert torch.equal(ViewTransform(config, corner, 0.5)(image), torch.full((1, 2, 2), value, dtype=torch.uint8))
+        mirrored = ViewTransform(config, "top-left", 1.0, flip=True)(image)
+        assert mirrored[0, 0, 0] == 20
+        auto = tta_views(config, AUGMENT_PRESETS["auto"])
+        assert len(auto) == 5 and not any(v.flip for v in auto) and auto[1].fraction == pytest.approx(0.85**0.5)
+        assert len(tta_views(config, AUGMENT_PRESETS["standard"])) == 10
+
+    def test_predict_proba_averages_the_views(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=1, augment="auto").fit(X, y)
+        plain = clf.predict_proba(X)
+        clf.set_params(tta=True)
+        averaged = clf.predict_proba(X)
+        assert np.allclose(averaged.sum(1), 1, atol=1e-5) and not np.allclose(averaged, plain, atol=1e-4)
+        np.testing.assert_array_equal(clf.predict_proba(X), averaged)  # deterministic
+        views = tta_views(clf.data_config_, AUGMENT_PRESETS["auto"])
+        manual = np.mean(
+            [torch.softmax(torch.from_numpy(clf._forward_source(clf.module_, X, view)), 1).numpy() for view in views],
+            axis=0,
+        )
+        np.testing.assert_allclose(averaged, manual, atol=1e-6)
+        np.testing.assert_array_equal(clf.predict(X), clf.classes_[averaged.argmax(1)])
+        with pytest.raises(ValueError, match="crop preset"):
+            tiny(tta=True, augment=False).fit(X, y)
+        with pytest.raises(ValueError, match="final_estimator"):
+            tiny(tta=True, augment="auto", final_estimator=SVC()).fit(X, y)
