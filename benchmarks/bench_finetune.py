@@ -115,7 +115,13 @@ def faces():
     return X[:140], y[:140], X[140:], y[140:]
 
 
-DATASETS = {"digits": digits, "textures": textures, "photos": photos, "faces": faces}
+DATASETS = {
+    "digits": digits,
+    "textures": textures,
+    "photos": photos,
+    "faces": faces,
+    "digits240": lambda: digits(240, 120),  # the small-budget case (README: "A limit")
+}
 DEFAULT_DATASETS = ("digits", "textures", "photos")  # faces: 60 test images, too few to resolve 1 point
 
 
@@ -145,6 +151,9 @@ def compare(args, name, data):
         "v1 defaults": V1_RECIPE,
         'lr="auto"': dict(lr="auto"),
     }
+    if args.only_variants:
+        variants = {"FineTuneClassifier() defaults": {}}
+    variants.update(args.variant)
     for label, params in variants.items():
         runs = [
             _timed(lambda: FineTuneClassifier("mobilenet_v2", max_epochs=args.epochs, random_state=seed,
@@ -287,6 +296,15 @@ def timing_table(args, timing) -> list[str]:
     ]
 
 
+def _variant(text: str):
+    import json
+
+    name, brace, params = text.partition("={")  # the name may hold "=" itself
+    if not brace:
+        raise argparse.ArgumentTypeError(f"expected NAME={{JSON}}, got {text!r}")
+    return name, json.loads("{" + params)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=64)
@@ -294,11 +312,15 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     parser.add_argument("--overhead", action="store_true", help="also time epochs against a plain PyTorch loop")
+    parser.add_argument("--variant", action="append", default=[], type=_variant, metavar='NAME=JSON',
+                        help='an extra row: the defaults with these parameters, e.g. \'bls=0.03={"backbone_lr_scale": 0.03}\'')
+    parser.add_argument("--only-variants", action="store_true", help="rows: baselines, defaults and --variant only")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--timing-images", type=int, default=320)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--write", default=None, help="write the Markdown report here")
     args = parser.parse_args(argv)
+    args.variant = dict(args.variant)
     args.command = " ".join(a for a in (argv or __import__("sys").argv[1:]))
     device = resolve_device("auto")
     results = {name: compare(args, name, DATASETS[name]()) for name in args.datasets.split(",") if name}
