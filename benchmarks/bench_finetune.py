@@ -156,8 +156,8 @@ def compare(args, name, data):
     variants.update(args.variant)
     for label, params in variants.items():
         runs = [
-            _timed(lambda: FineTuneClassifier("mobilenet_v2", max_epochs=args.epochs, random_state=seed,
-                                              **common, **params), *data)
+            _timed(lambda: FineTuneClassifier("mobilenet_v2", random_state=seed,
+                                              **{"max_epochs": args.epochs, **common, **params}), *data)
             for seed in range(args.seeds)
         ]
         rows[label] = tuple(np.mean(runs, axis=0)) + (np.ptp([r[0] for r in runs]),)

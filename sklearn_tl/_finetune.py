@@ -12,6 +12,7 @@ warm-up and cosine decay, and the pretrained layers learn at
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 import weakref
@@ -25,7 +26,7 @@ from sklearn.base import clone
 from sklearn.utils import TransformerTags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, has_fit_parameter
 from skorch import NeuralNet, NeuralNetClassifier
 from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.utils import is_dataset
@@ -58,7 +59,7 @@ from ._model import (
 )
 from ._probe import fit_head
 from ._sources import source_for
-from ._onnx import BACKENDS, resolve_backend
+from ._onnx import BACKENDS, _signature, resolve_backend
 from ._preprocess import ImageTransform, tta_views
 
 __all__ = [
@@ -75,29 +76,34 @@ __all__ = [
 DEFAULT_LR = 1e-3  # the optimizer's rate before lr="auto" finds one, and where the test finds none
 LR_FINDER_STEPS = 40  # training batches of the range test behind lr="auto"
 
-# The tuned embedder -> (layers, its cut at those layers): built once, sharing the tuned parameters.
+# The tuned embedder -> (layers, signature of its tensors, a cut of a private copy at those layers).
 _LAYER_EMBEDDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LAYER_LOCK = threading.Lock()
 
 
 def _layer_embedder(embedder: ImageEmbedder, backbone, layers: tuple, record, config) -> ImageEmbedder:
-    """``embedder`` cut after ``layers``: the same (tuned) parameters, the pooled outputs of those layers.
+    """``embedder`` cut after ``layers``: the pooled outputs of those layers, with the tuned weights.
 
-    Built once per tuned network (the FX cut shares its submodules, so later
-    training shows), on a probe image of ``config``'s size on its device.
+    The cut is made on a private copy of the trunk: tracing switches train and
+    eval mode, and the hook fallback registers hooks, neither of which may
+    touch a network that other threads are predicting with. It is built once
+    per state of the tuned network (a signature of its tensors, which training
+    changes in place) and rebuilt after further training or a device move, on
+    a probe image of ``config``'s size.
     """
+    signature = _signature(embedder, ())
     with _LAYER_LOCK:
         cached = _LAYER_EMBEDDERS.get(embedder)
-        if cached is None or cached[0] != layers:
+        if cached is None or cached[0] != layers or cached[1] != signature:
             for name in layers:
                 find_layer(embedder.trunk, name)  # the list of layer names, not an FX error
             device = module_device(embedder)
             probe = _probe(config).to(device)
-            trunk = source_for(backbone)[0].cut(embedder.trunk, layers, probe)
+            trunk = source_for(backbone)[0].cut(copy.deepcopy(embedder.trunk), layers, probe)
             cut = ImageEmbedder(trunk, embedder.mean.flatten().tolist(), embedder.std.flatten().tolist(),
                                 pooling=embedder.pool.mode, layer=record).to(device).eval()
-            cached = _LAYER_EMBEDDERS[embedder] = (layers, cut)
-        return cached[1]
+            cached = _LAYER_EMBEDDERS[embedder] = (layers, signature, cut)
+        return cached[2]
 
 
 def _image_dataset_parts(dataset):
@@ -318,6 +324,9 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     lr_finder_ : LRFinderResult
         With ``lr="auto"``: the range test's ``lrs``, smoothed ``losses`` and
         ``suggestion``.
+    layer_ : str, tuple of str or None
+        The ``layer`` of the last initialisation (``set_params(layer=...)``
+        takes effect at the next ``fit``).
     layer_widths_ : tuple of (str, int)
         With ``layer``: each layer and its width in ``transform``'s output.
 
@@ -455,6 +464,23 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
 
     # -- sklearn / skorch parameter plumbing --------------------------------
 
+    # Parameters added after model files were first saved, with the values that reproduce those models.
+    _DEFAULTS_OF_OLDER_FILES = {
+        "layer": None,
+        "head_init": "random",
+        "batchnorm_stats": "update",
+        "tta": False,
+        "class_weight": None,
+        "cache": None,
+    }
+
+    def __setstate__(self, state):
+        for name, value in self._DEFAULTS_OF_OLDER_FILES.items():
+            state.setdefault(name, value)
+        if state.get("initialized_"):
+            state.setdefault("layer_", None)
+        super().__setstate__(state)
+
     def __setattr__(self, name, value):
         if name in self._plain_params:
             object.__setattr__(self, name, value)  # a backbone module is a setting, not a component
@@ -548,6 +574,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         self.blocks_ = [" + ".join(block) for block in backbone_blocks(embedder)]
         self._set_backbone_attributes(built)
         self.module_ = module
+        self.layer_ = self.layer  # what transform uses, whatever set_params does later
         if self.layer is not None:  # fail in fit on an unknown layer; transform's width
             layers = as_layers(self.layer)
             cut = self._transform_module()
@@ -587,6 +614,11 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             return X, None, None  # a Dataset that yields encoded targets itself
         y = self._check_labels(y, reset, classes)
         weights = None
+        if is_dataset(X) and (sample_weight is not None or self.class_weight is not None):
+            raise ValueError(
+                "class_weight and sample_weight need images (arrays, paths, PIL images...), not a torch "
+                "Dataset: a Dataset must weight its own loss (e.g. with a criterion)."
+            )
         if sample_weight is not None or self.class_weight is not None:
             weights = _check_sample_weight(sample_weight, np.empty((len(y), 0)), ensure_non_negative=True)
             if self.class_weight is not None:
@@ -721,7 +753,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             if not warm:
                 self._start_training(data, y_encoded)
             NeuralNet.partial_fit(self, data, y_encoded, _routing_method="fit", **fit_params)
-            self._fit_final_estimator(source, y)
+            self._fit_final_estimator(source, y, weights)
         return self
 
     def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
@@ -731,6 +763,12 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         use labels from it. The first call fits the head as ``fit`` does.
         """
         first = not self.initialized_
+        if self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight='balanced' is not supported by partial_fit: each call's batch would get "
+                "its own weights. Compute them once (sklearn.utils.class_weight.compute_class_weight) and "
+                "pass class_weight as a dict."
+            )
         with self._fit_scope(reset=first):
             source, y_encoded, weights = self._prepare_fit(
                 X, y, reset=first, classes=classes, sample_weight=sample_weight
@@ -741,7 +779,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             if first:
                 self._start_training(data, y_encoded)
             NeuralNet.partial_fit(self, data, y_encoded, **fit_params)
-            self._fit_final_estimator(source, y)
+            self._fit_final_estimator(source, y, weights)
         return self
 
     def lr_find(self, X, y, *, start_lr=1e-6, end_lr=1.0, num_iter=100, sample_weight=None) -> LRFinderResult:
@@ -768,12 +806,21 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         """``fit(X, y)``, then the tuned embeddings of ``X``."""
         return self.fit(X, y, **fit_params).transform(X)
 
-    def _fit_final_estimator(self, source, y):
+    def _fit_final_estimator(self, source, y, weights=None):
         if self.final_estimator is None:
             if "final_estimator_" in vars(self):
                 del self.final_estimator_
             return
-        self.final_estimator_ = clone(self.final_estimator).fit(self.transform(source), np.asarray(y))
+        estimator = clone(self.final_estimator)
+        fit_params = {}
+        if weights is not None:
+            if not has_fit_parameter(estimator, "sample_weight"):
+                raise ValueError(
+                    f"class_weight / sample_weight also weight the final_estimator, but "
+                    f"{type(estimator).__name__}.fit takes no sample_weight."
+                )
+            fit_params["sample_weight"] = weights
+        self.final_estimator_ = estimator.fit(self.transform(source), np.asarray(y), **fit_params)
 
     # -- inference -----------------------------------------------------------
 
@@ -795,10 +842,11 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     def _transform_module(self) -> nn.Module:
         """What ``transform`` runs: the tuned embedder, or its cut at ``layer``."""
         embedder = unwrapped_module(self).embedder
-        if self.layer is None:
+        layer = self.layer_
+        if layer is None:
             return embedder
-        record = tuple(self.layer) if isinstance(self.layer, (list, tuple)) else self.layer
-        return _layer_embedder(embedder, self.backbone, as_layers(self.layer), record, self.data_config_)
+        record = tuple(layer) if isinstance(layer, (list, tuple)) else layer
+        return _layer_embedder(embedder, self.backbone, as_layers(layer), record, self.data_config_)
 
     def transform(self, X):
         """Embeddings of ``X`` from the tuned backbone (hybrid mode), of ``layer`` if set.
@@ -817,8 +865,9 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     def get_feature_names_out(self, input_features=None):
         """Names of ``transform``'s columns: ``finetuneclassifier<i>``, or ``<layer>_<pooling>_<i>`` with ``layer``."""
         check_is_fitted(self)
-        if self.layer is not None:
-            return np.asarray(layer_feature_names(self.layer_widths_, self.pooling), dtype=object)
+        if self.layer_ is not None:
+            pooling = unwrapped_module(self).embedder.pool.mode
+            return np.asarray(layer_feature_names(self.layer_widths_, pooling), dtype=object)
         return np.asarray([f"finetuneclassifier{i}" for i in range(self.n_features_out_)], dtype=object)
 
     def predict_proba(self, X):
@@ -836,6 +885,8 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         if getattr(self, "final_estimator_", None) is not None:
             return self.final_estimator_.predict_proba(self.transform(X))
         if is_dataset(X):
+            if self.tta:
+                raise ValueError("tta=True makes its views from images; a torch Dataset predicts without it (tta=False).")
             return super().predict_proba(X)
         nonlinearity = self._get_predict_nonlinearity()
         if not self.tta:

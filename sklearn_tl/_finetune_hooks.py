@@ -206,9 +206,9 @@ class ImageTrainingMixin:
             return
         network = unwrapped_module(self)
         backbone_frozen = not any(p.requires_grad for p in network.embedder.parameters())
-        keep_statistics = self._batchnorm_frozen()
+        pretrained = {id(m) for m in network.embedder.modules()} if self._batchnorm_frozen() else set()
         for module in network.modules():
-            if isinstance(module, _BatchNorm) and keep_statistics:
+            if isinstance(module, _BatchNorm) and id(module) in pretrained:
                 module.eval()  # normalise with the pretrained statistics, as the head was fitted on them
             elif isinstance(module, _BatchNorm):
                 params = list(module.parameters(recurse=False))

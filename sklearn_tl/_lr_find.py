@@ -4,8 +4,9 @@ The learning rate grows geometrically from ``start_lr`` to ``end_lr`` over a
 few training batches; the loss against the learning rate shows where training
 is fastest before it diverges. Everything the test touches is put back: the
 module's parameters and buffers (BatchNorm statistics), the optimizer's state
-and learning rates, the module's train/eval mode, and torch's random state, so
-a fit that runs it is the same fit as one started at the suggested rate.
+and learning rates, the gradient scaler's state (fp16 on CUDA), the module's
+train/eval mode, and torch's random state, so a fit that runs it is the same
+fit as one started at the suggested rate.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def lr_range_test(net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoot
     module, optimizer = net.module_, net.optimizer_
     saved_module = copy.deepcopy(module.state_dict())
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    scaler = getattr(net, "grad_scaler_", None)  # fp16 on CUDA: diverging steps lower its scale
+    saved_scaler = None if scaler is None else copy.deepcopy(scaler.state_dict())
     saved_training = {name: m.training for name, m in module.named_modules()}
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     saved_rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
@@ -99,6 +102,8 @@ def lr_range_test(net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoot
     finally:
         module.load_state_dict(saved_module)
         optimizer.load_state_dict(saved_optimizer)
+        if saved_scaler is not None:
+            scaler.load_state_dict(saved_scaler)
         for name, submodule in module.named_modules():
             submodule.train(saved_training[name])
         torch.set_rng_state(saved_rng[0])

@@ -134,18 +134,19 @@ CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 class ViewTransform:
     """One deterministic test-time view of a ``(C, H, W)`` image, at the network's input size.
 
-    ``corner`` None: the evaluation view (resize, centre crop); else the crop
-    of that corner keeping ``fraction`` of each side, resized to
-    ``crop_size``. ``flip`` mirrors the view. No randomness: the same rows from
-    any thread, in any order.
+    ``corner`` None: the evaluation view (resize, centre crop); else the
+    square crop of that corner covering ``area`` of the image's area (capped
+    at the shorter side), resized to ``crop_size``, so the aspect ratio is
+    kept as in training. ``flip`` mirrors the view. No randomness: the same
+    rows from any thread, in any order.
     """
 
-    def __init__(self, config: DataConfig, corner=None, fraction: float = 1.0, flip: bool = False):
+    def __init__(self, config: DataConfig, corner=None, area: float = 1.0, flip: bool = False):
         if corner is not None and corner not in CORNERS:
             raise ValueError(f"corner must be None or one of {CORNERS}; got {corner!r}.")
         self.config = config
         self.corner = corner
-        self.fraction = float(fraction)
+        self.area = float(area)
         self.flip = bool(flip)
         self._eval = ImageTransform(config)
 
@@ -154,12 +155,12 @@ class ViewTransform:
             image = self._eval(image)
         else:
             height, width = image.shape[-2:]
-            crop_h, crop_w = max(1, round(height * self.fraction)), max(1, round(width * self.fraction))
-            top = 0 if self.corner.startswith("top") else height - crop_h
-            left = 0 if self.corner.endswith("left") else width - crop_w
+            side = max(1, min(height, width, round(math.sqrt(self.area * height * width))))
+            top = 0 if self.corner.startswith("top") else height - side
+            left = 0 if self.corner.endswith("left") else width - side
             size = self.config.crop_size
             image = TF.resized_crop(
-                image, top, left, crop_h, crop_w, [size, size], interpolation=self._eval._interpolation, antialias=True
+                image, top, left, side, side, [size, size], interpolation=self._eval._interpolation, antialias=True
             )
         return TF.horizontal_flip(image) if self.flip else image
 
@@ -167,12 +168,12 @@ class ViewTransform:
 def tta_views(config: DataConfig, policy: CropPolicy) -> list:
     """Test-time views from a training crop policy: the evaluation view and the four corner crops.
 
-    The corners keep the policy's mean crop area (side fraction
-    ``sqrt(mean(scale))``, 92 % of each side under ``"auto"``); a policy that
-    flips adds the mirror image of each of the five views.
+    The corner crops are squares of the policy's mean crop area (85 % under
+    ``"auto"``); a policy that flips adds the mirror image of each of the five
+    views.
     """
-    fraction = math.sqrt(sum(policy.scale) / 2)
-    views = [ViewTransform(config)] + [ViewTransform(config, corner, fraction) for corner in CORNERS]
+    area = sum(policy.scale) / 2
+    views = [ViewTransform(config)] + [ViewTransform(config, corner, area) for corner in CORNERS]
     if policy.flip:
-        views += [ViewTransform(view.config, view.corner, view.fraction, flip=True) for view in views]
+        views += [ViewTransform(view.config, view.corner, view.area, flip=True) for view in views]
     return views

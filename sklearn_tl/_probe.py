@@ -33,6 +33,9 @@ def fit_head(
     plus ``||W||^2 / (2 C)`` on the weight matrices (not the biases), over
     ``n``; so ``C`` and the weights mean what they mean there.
     Dropout is off during the fit (the head is in eval mode, then restored).
+    Classes without a sample (``partial_fit(classes=...)``, a ``classes``
+    superset) are left out of the softmax: their outputs get no push towards
+    minus infinity, only the penalty on their weights.
     """
     device = next(head.parameters()).device
     embeddings = embeddings.detach().float().to(device)
@@ -46,10 +49,16 @@ def fit_head(
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
     was_training = head.training
     head.eval()
+    with torch.no_grad():
+        n_classes = head(embeddings[:1]).shape[1]
+    absent = torch.bincount(targets, minlength=n_classes) == 0
 
     def objective():
         optimizer.zero_grad()
-        losses = nn.functional.cross_entropy(head(embeddings), targets, reduction="none")
+        logits = head(embeddings)
+        if absent.any():  # a class with no sample: out of the softmax, so its bias is not driven to -inf
+            logits = logits.masked_fill(absent, float("-inf"))
+        losses = nn.functional.cross_entropy(logits, targets, reduction="none")
         loss = ((losses * weights).sum() + sum((m**2).sum() for m in matrices) / (2 * C)) / n
         loss.backward()
         return loss

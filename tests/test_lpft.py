@@ -142,9 +142,25 @@ class TestBatchNorm:
             if "running_" in name or "num_batches" in name:
                 assert torch.equal(value, now), name
         assert not torch.equal(recorder.initial_["embedder.trunk.1.weight"], clf.module_.state_dict()["embedder.trunk.1.weight"])
+        head = lambda n_features, n_classes: nn.Sequential(nn.BatchNorm1d(n_features), nn.Linear(n_features, n_classes))  # noqa: E731
+        with_bn_head = tiny(max_epochs=1, batchnorm_stats="frozen", head=head).fit(X, y)
+        assert with_bn_head.module_.head[0].num_batches_tracked > 0  # a new head's BatchNorm is not pretrained
         updated = tiny(max_epochs=2, batchnorm_stats="update").fit(X, y)
         assert not torch.equal(recorder.initial_["embedder.trunk.1.running_mean"],
                                updated.module_.state_dict()["embedder.trunk.1.running_mean"])
+
+
+class TestOlderModelFiles:
+    def test_a_model_saved_before_the_new_parameters_loads_and_predicts(self, stripes):
+        X, y = stripes
+        clf = tiny(max_epochs=1).fit(X, y)
+        state = clf.__getstate__()
+        for name in ("layer", "head_init", "batchnorm_stats", "tta", "class_weight", "cache", "layer_"):
+            del state[name]
+        old = FineTuneClassifier.__new__(FineTuneClassifier)
+        old.__setstate__(state)
+        np.testing.assert_allclose(old.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+        assert old.transform(X).shape == (24, 8) and old.head_init == "random"
 
 
 class TestLearningRate:
@@ -238,10 +254,25 @@ class TestWeights:
         dataset = torch.utils.data.TensorDataset(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]))
         with pytest.raises(ValueError, match="need images and y"):
             tiny(max_epochs=0, class_weight="balanced", classes=[0, 1]).fit(dataset, None)
+        with pytest.raises(ValueError, match="not a torch Dataset"):
+            tiny(max_epochs=0).fit(dataset, np.array([0, 1, 0, 1]), sample_weight=np.ones(4))
+        with pytest.raises(ValueError, match="partial_fit"):
+            tiny(class_weight="balanced").partial_fit(X, y, classes=["h", "v"])
+
+    def test_the_final_estimator_gets_the_weights(self, stripes):
+        X, y = stripes
+        weights = np.where(y == "v", 3.0, 1.0)
+        clf = tiny(max_epochs=0, class_weight={"h": 1.0, "v": 3.0}, final_estimator=LogisticRegression()).fit(X, y)
+        reference = LogisticRegression().fit(clf.transform(X), y, sample_weight=weights)
+        np.testing.assert_allclose(clf.final_estimator_.coef_, reference.coef_, rtol=1e-4, atol=1e-6)
+        from sklearn.neighbors import KNeighborsClassifier
+
+        with pytest.raises(ValueError, match="takes no sample_weight"):
+            tiny(max_epochs=0, final_estimator=KNeighborsClassifier(3)).fit(X, y, sample_weight=weights)
 
 
 class TestLayers:
-    def test_transform_follows_layer_and_shares_the_tuned_weights(self, stripes):
+    def test_transform_follows_layer_and_the_tuned_weights(self, stripes):
         X, y = stripes
         clf = tiny(max_epochs=0, layer="0").fit(X, y)
         featurizer = PretrainedCNNFeaturizer(tiny_backbone(), weights="DEFAULT", layer="0", image_size=16)
@@ -250,7 +281,25 @@ class TestLayers:
         assert clf.n_features_out_ == 4 and clf.get_feature_names_out()[0] == "0_avg_0"
         before = clf.transform(X)
         clf.set_params(max_epochs=1, lr=0.1).partial_fit(X, y)
-        assert not np.allclose(clf.transform(X), before, atol=1e-4)  # the cut runs the tuned weights
+        assert not np.allclose(clf.transform(X), before, atol=1e-4)  # the cut follows further training
+
+    def test_the_cut_never_touches_the_fitted_network(self, stripes):
+        from sklearn_tl._finetune import _LAYER_EMBEDDERS
+
+        X, y = stripes
+        clf = tiny(max_epochs=1, layer="0").fit(X, y)
+        _LAYER_EMBEDDERS.clear()  # as after joblib.load: the cut is made again at transform
+        trunk = clf.module_.embedder.trunk
+        modes = [m.training for m in trunk.modules()]
+        first = clf.transform(X)
+        cut = clf._transform_module()
+        assert [m.training for m in trunk.modules()] == modes
+        assert not any(m._forward_hooks for m in trunk.modules())
+        assert not {p.data_ptr() for p in cut.parameters()} & {p.data_ptr() for p in trunk.parameters()}
+        assert clf._transform_module() is cut  # built once per state of the network
+        clf.set_params(layer="3")  # takes effect at the next fit, as the fitted widths do
+        np.testing.assert_array_equal(clf.transform(X), first)
+        assert clf.get_feature_names_out().shape == (4,)
 
     def test_several_layers_and_the_final_estimator(self, stripes):
         X, y = stripes
@@ -268,12 +317,15 @@ class TestTestTimeAugmentation:
         image[:, :2, :2], image[:, :2, 2:], image[:, 2:, :2], image[:, 2:, 2:] = 10, 20, 30, 40
         config = DataConfig(crop_size=2, resize_size=2, interpolation="nearest")
         for corner, value in zip(("top-left", "top-right", "bottom-left", "bottom-right"), (10, 20, 30, 40)):
-            assert torch.equal(ViewTransform(config, corner, 0.5)(image), torch.full((1, 2, 2), value, dtype=torch.uint8))
+            assert torch.equal(ViewTransform(config, corner, 0.25)(image), torch.full((1, 2, 2), value, dtype=torch.uint8))
         mirrored = ViewTransform(config, "top-left", 1.0, flip=True)(image)
         assert mirrored[0, 0, 0] == 20
         auto = tta_views(config, AUGMENT_PRESETS["auto"])
-        assert len(auto) == 5 and not any(v.flip for v in auto) and auto[1].fraction == pytest.approx(0.85**0.5)
+        assert len(auto) == 5 and not any(v.flip for v in auto) and auto[1].area == pytest.approx(0.85)
         assert len(tta_views(config, AUGMENT_PRESETS["standard"])) == 10
+        wide = torch.zeros(1, 4, 8, dtype=torch.uint8)
+        wide[:, :, 6:] = 9  # the right quarter
+        assert torch.equal(ViewTransform(config, "top-right", 0.125)(wide), torch.full((1, 2, 2), 9, dtype=torch.uint8))
 
     def test_predict_proba_averages_the_views(self, stripes):
         X, y = stripes
@@ -294,3 +346,6 @@ class TestTestTimeAugmentation:
             tiny(tta=True, augment=False).fit(X, y)
         with pytest.raises(ValueError, match="final_estimator"):
             tiny(tta=True, augment="auto", final_estimator=SVC()).fit(X, y)
+        dataset = torch.utils.data.TensorDataset(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 0, 1]))
+        with pytest.raises(ValueError, match="torch Dataset"):
+            clf.predict_proba(dataset)

@@ -66,6 +66,17 @@ class TestAugment:
 
 
 class TestFitHead:
+    def test_classes_without_samples_are_not_pushed_away(self):
+        rng = np.random.default_rng(0)
+        Z = rng.normal(size=(60, 4)).astype(np.float32)
+        y = (Z[:, 0] > 0).astype(int) + 2 * (Z[:, 1] > 0)  # classes 0-3 of 5: class 4 never occurs
+        head = nn.Linear(4, 5)
+        torch.nn.init.zeros_(head.bias)
+        fit_head(head, torch.from_numpy(Z), torch.from_numpy(y))
+        with torch.no_grad():
+            assert abs(float(head.bias[4])) < 1e-6 and float(head.weight[4].abs().max()) < 0.05
+            assert float(head.bias[:4].abs().max()) > 0.1  # the present classes did fit
+
     def test_equals_sklearn_logistic_regression(self):
         rng = np.random.default_rng(0)
         Z = rng.normal(size=(120, 6)).astype(np.float32)
