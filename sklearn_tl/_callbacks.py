@@ -47,13 +47,15 @@ class FreezeSchedule(Callback):
         self.unfreeze_after = unfreeze_after
         self.prefix = prefix
 
-    def on_epoch_begin(self, net, **kwargs):
-        epoch = len(net.history)  # 1-based: the row of this epoch exists
-        network = unwrapped_module(net)
+    def frozen_in(self, network: nn.Module, epoch: int) -> set:
+        """Names of the parameters of ``network`` that epoch ``epoch`` (1-based) keeps fixed."""
         if epoch <= self.unfreeze_after:
-            frozen = {n for n, _ in network.named_parameters() if n.startswith(self.prefix)}
-        else:
-            frozen = set(self.frozen)
+            return {n for n, _ in network.named_parameters() if n.startswith(self.prefix)}
+        return set(self.frozen)
+
+    def on_epoch_begin(self, net, **kwargs):
+        network = unwrapped_module(net)
+        frozen = self.frozen_in(network, len(net.history))  # 1-based: the row of this epoch exists
         trainable = 0
         for name, param in network.named_parameters():
             param.requires_grad_(name not in frozen)

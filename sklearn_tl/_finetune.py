@@ -284,7 +284,8 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     lr : float or "auto", default=1e-3
         Learning rate of the head. ``"auto"``: an LR range test (Smith 2017,
         fastai's ``lr_find``) of 40 training batches at the start of ``fit``,
-        after the head fit, picks the rate of steepest loss descent; model,
+        after the head fit, picks the rate (steepest descent where the loss
+        falls, else a tenth of where it diverges: ``suggest_lr``); model,
         optimizer and random state are restored after it. The curve is in
         ``lr_finder_``; :meth:`lr_find` runs the test alone.
     max_epochs : int, default=10
@@ -605,20 +606,15 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
 
     def _prepare_fit(self, X, y, reset: bool, classes=None, sample_weight=None):
         """``(source, encoded y, per-image loss weights or None)``, all checked, ``y`` first."""
+        if is_dataset(X) and (sample_weight is not None or self.class_weight is not None):
+            raise ValueError(
+                "class_weight and sample_weight need images and y (arrays, paths, PIL images...), not a "
+                "torch Dataset: a Dataset must weight its own loss (e.g. with a criterion)."
+            )
         if is_dataset(X) and y is None:
-            if sample_weight is not None or self.class_weight is not None:
-                raise ValueError(
-                    "class_weight and sample_weight need images and y; a torch Dataset without y "
-                    "must weight its own loss (e.g. with a criterion)."
-                )
             return X, None, None  # a Dataset that yields encoded targets itself
         y = self._check_labels(y, reset, classes)
         weights = None
-        if is_dataset(X) and (sample_weight is not None or self.class_weight is not None):
-            raise ValueError(
-                "class_weight and sample_weight need images (arrays, paths, PIL images...), not a torch "
-                "Dataset: a Dataset must weight its own loss (e.g. with a criterion)."
-            )
         if sample_weight is not None or self.class_weight is not None:
             weights = _check_sample_weight(sample_weight, np.empty((len(y), 0)), ensure_non_negative=True)
             if self.class_weight is not None:
@@ -639,6 +635,15 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
                 f"losses); {type(self.criterion_).__name__} has none."
             )
         return ImageDataset(source, ImageTransform(self.data_config_), targets=y_encoded, weights=weights)
+
+    def _begin(self, X, y, *, initialize: bool, classes=None, sample_weight=None):
+        """Check the data, initialise if asked: ``(source, training data, encoded y, weights)``."""
+        source, y_encoded, weights = self._prepare_fit(
+            X, y, reset=initialize, classes=classes, sample_weight=sample_weight
+        )
+        if initialize:
+            self.initialize()
+        return source, self._training_data(source, y_encoded, weights), y_encoded, weights
 
     def _start_training(self, X, y):
         """Before the first epoch: LP-FT's head fit and the LR range test, on this fit's training split."""
@@ -710,11 +715,10 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         return runtime_fingerprint(model_fingerprint(view), self.device_, self.autocast_dtype_)
 
     def _lr_range_test(self, dataset_train, **kwargs) -> LRFinderResult:
-        """The range test on the parameters the first epoch trains (``freeze`` and ``unfreeze_after``)."""
+        """The range test on the parameters the next epoch trains (as the ``freeze`` callback sets them)."""
         network = unwrapped_module(self)
-        frozen = set(self.frozen_params_)
-        if self.unfreeze_after > 0:
-            frozen |= {name for name, _ in network.named_parameters() if name.startswith(BACKBONE_PREFIX)}
+        schedule = dict(self.callbacks_).get("freeze")
+        frozen = set() if schedule is None else schedule.frozen_in(network, len(self.history) + 1)
         flags = {name: p.requires_grad for name, p in network.named_parameters()}
         try:
             for name, param in network.named_parameters():
@@ -746,10 +750,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         """
         warm = self.warm_start and self.initialized_
         with self._fit_scope(reset=not warm):
-            source, y_encoded, weights = self._prepare_fit(X, y, reset=not warm, sample_weight=sample_weight)
-            if not warm:
-                self.initialize()
-            data = self._training_data(source, y_encoded, weights)
+            source, data, y_encoded, weights = self._begin(X, y, initialize=not warm, sample_weight=sample_weight)
             if not warm:
                 self._start_training(data, y_encoded)
             NeuralNet.partial_fit(self, data, y_encoded, _routing_method="fit", **fit_params)
@@ -770,12 +771,9 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
                 "pass class_weight as a dict."
             )
         with self._fit_scope(reset=first):
-            source, y_encoded, weights = self._prepare_fit(
-                X, y, reset=first, classes=classes, sample_weight=sample_weight
+            source, data, y_encoded, weights = self._begin(
+                X, y, initialize=first, classes=classes, sample_weight=sample_weight
             )
-            if first:
-                self.initialize()
-            data = self._training_data(source, y_encoded, weights)
             if first:
                 self._start_training(data, y_encoded)
             NeuralNet.partial_fit(self, data, y_encoded, **fit_params)
@@ -789,14 +787,12 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         the learning rate grows geometrically from ``start_lr`` to ``end_lr``
         over ``num_iter`` training batches (stopping early if the loss
         diverges). Returns an ``LRFinderResult`` with ``lrs``, the smoothed
-        ``losses`` and ``suggestion`` (the rate of steepest descent, for
-        ``lr``); ``as_dict()`` gives them as lists.
+        ``losses`` and ``suggestion`` (the rate ``lr="auto"`` would train
+        at); ``as_dict()`` gives them as lists.
         """
         net = clone(self)
         with net._fit_scope(reset=True):
-            source, y_encoded, weights = net._prepare_fit(X, y, reset=True, sample_weight=sample_weight)
-            net.initialize()
-            data = net._training_data(source, y_encoded, weights)
+            _, data, y_encoded, _ = net._begin(X, y, initialize=True, sample_weight=sample_weight)
             dataset_train = net.get_split_datasets(data, y_encoded)[0]
             if net.head_init == "probe":
                 net._fit_head(dataset_train)

@@ -53,16 +53,26 @@ def _weights_arg(value: str):
     return None if value.lower() in {"none", "random"} else value
 
 
-def _batch_size_arg(value: str):
+def _auto_or_positive(value: str, convert, kind: str):
+    """``auto``, or ``value`` converted to a positive ``kind`` (argparse's error otherwise)."""
     if value == "auto":
         return value
     try:
-        size = int(value)
+        number = convert(value)
     except ValueError:
-        size = 0
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, not {value!r}")
-    return size
+        number = 0
+    if not number > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive {kind}, not {value!r}")
+    return number
+
+
+def _batch_size_arg(value: str):
+    return _auto_or_positive(value, int, "integer")
+
+
+def _lr_arg(value: str):
+    """``--lr``: a positive number or ``auto``."""
+    return _auto_or_positive(value, float, "number")
 
 
 def _freeze_arg(value: str):
@@ -201,19 +211,6 @@ def _format_confusion(matrix, names) -> str:
     for name, row in zip(names, matrix):
         lines.append(f"{name:<{width}}" + "".join(f"{int(c):>{width}}" for c in row))
     return "\n".join(lines)
-
-
-def _learning_rate(text: str):
-    """``--lr``: a positive number or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number or 'auto', not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number or 'auto', not {text!r}")
-    return value
 
 
 def _cmd_train(args) -> int:
@@ -487,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folds, capped by the smallest class; 0 skips cross-validation (default: 5)")
     train.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
     train.add_argument("--max-epochs", type=int, default=5, help="finetune/hybrid: epochs (default: 5)")
-    train.add_argument("--lr", type=_learning_rate, default=1e-3,
+    train.add_argument("--lr", type=_lr_arg, default=1e-3,
                        help="finetune/hybrid: learning rate, or 'auto' for an LR range test at the start of "
                             "training, whose curve --report shows (default: 1e-3)")
     train.add_argument("--freeze", type=_freeze_arg, default=None,

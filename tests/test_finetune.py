@@ -47,18 +47,22 @@ def tiny(**params):
     return FineTuneClassifier(backbone, **{**defaults, **params})
 
 
-@pytest.fixture(scope="module")
-def bright_dark():
-    """Separable images: "horizontal" or "vertical" stripes, random phase and noise. (24, 20, 20, 3) uint8."""
-    rng = np.random.default_rng(0)
+def stripe_images(seed=0, names=("horizontal", "vertical")):
+    """Separable images: horizontal or vertical stripes, random phase and noise. (24, 20, 20, 3) uint8."""
+    rng = np.random.default_rng(seed)
     images, labels = [], []
     for i in range(24):
         wave = (np.sin(np.arange(20) * 1.2 + rng.uniform(0, 6)) > 0) * 200.0
         stripes = np.tile(wave[:, None], (1, 20)) if i % 2 else np.tile(wave[None, :], (20, 1))
         noisy = stripes[..., None] + rng.normal(0, 25, (20, 20, 3))
         images.append(np.clip(noisy, 0, 255).astype(np.uint8))
-        labels.append("horizontal" if i % 2 else "vertical")
+        labels.append(names[0] if i % 2 else names[1])
     return np.stack(images), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def bright_dark():
+    return stripe_images()
 
 
 @pytest.fixture(scope="module")

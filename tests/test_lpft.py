@@ -18,7 +18,7 @@ from sklearn_tl._finetune import FineTuneClassifier
 from sklearn_tl._preprocess import DataConfig, ViewTransform, tta_views
 
 from .conftest import REAL_WEIGHTS
-from .test_finetune import StateAt, tiny, tiny_backbone
+from .test_finetune import StateAt, stripe_images, tiny, tiny_backbone
 
 CALLS = []  # (inference mode, grad enabled, batch size) of each forward; "backward" for each backward
 
@@ -40,15 +40,8 @@ class CountingBackbone(nn.Module):
 
 @pytest.fixture(scope="module")
 def stripes():
-    """Separable "horizontal" / "vertical" stripes, random phase and noise. (24, 20, 20, 3) uint8."""
-    rng = np.random.default_rng(1)
-    images, labels = [], []
-    for i in range(24):
-        wave = (np.sin(np.arange(20) * 1.2 + rng.uniform(0, 6)) > 0) * 200.0
-        stripes = np.tile(wave[:, None], (1, 20)) if i % 2 else np.tile(wave[None, :], (20, 1))
-        images.append(np.clip(stripes[..., None] + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8))
-        labels.append("h" if i % 2 else "v")
-    return np.stack(images), np.array(labels)
+    """test_finetune's stripe images (another seed), labels "h" / "v"."""
+    return stripe_images(seed=1, names=("h", "v"))
 
 
 class GradRecorder(Callback):
