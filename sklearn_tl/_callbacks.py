@@ -1,9 +1,9 @@
-"""Training callbacks: what trains when, and at which learning rate.
+"""Training callbacks: what trains when, at which learning rate, and which epoch's weights are kept.
 
-Both are ordinary skorch callbacks whose settings are constructor arguments,
+They are ordinary skorch callbacks whose settings are constructor arguments,
 so they work on any skorch net; :class:`~sklearn_tl.FineTuneClassifier`
 creates them from its ``freeze``, ``unfreeze_after`` and ``lr_schedule``
-parameters in ``initialize()``.
+parameters in ``initialize()``, and always adds :class:`KeepBestEpoch`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from skorch.callbacks import Callback
 from torch import nn
 
-__all__ = ["FreezeSchedule", "PhaseCosineLR", "unwrapped_module"]
+__all__ = ["FreezeSchedule", "KeepBestEpoch", "PhaseCosineLR", "unwrapped_module"]
 
 
 def unwrapped_module(net) -> nn.Module:
@@ -129,6 +129,74 @@ class PhaseCosineLR(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         net.history.record("lr", list(self._groups(net))[-1]["lr"])  # the head's group
+
+
+class KeepBestEpoch(Callback):
+    """At the end of training, keep the weights of the best of {the starting point, each epoch}.
+
+    The starting point (epoch 0 of ``fit``: the LP-FT probe head on the
+    pretrained backbone; the weights before the call for ``partial_fit``) is
+    scored before the first batch, every epoch after its last batch, and the
+    module's parameters and buffers of the best one are kept in memory (never
+    on disk) and loaded back at ``on_train_end``, like skorch's
+    ``Checkpoint(load_best=True)``. So training never ends worse, by this
+    score, than where it started. The optimizer's state is not restored.
+
+    The score is the validation loss where the net has a validation split;
+    otherwise the mean loss over the training set evaluated as for
+    prediction (eval mode, without augmentation: ``net.plain_view(dataset)``
+    where the net defines it), recorded in the history as ``train_eval_loss``.
+    The kept epoch is recorded in the last history row as ``best_epoch`` and
+    in ``net.best_epoch_`` (an int: the epoch number in the history, or the
+    number of the last epoch before this call, 0 for the start of ``fit``).
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        self._start = len(net.history)  # epochs before this call: the starting point's number
+        self._best = None
+
+    def _score(self, net, dataset_train, dataset_valid, start: bool) -> float:
+        if dataset_valid is not None and not start:
+            return float(net.history[-1, "valid_loss"])
+        dataset = dataset_valid
+        if dataset is None:
+            dataset = getattr(net, "plain_view", lambda d: d)(dataset_train)
+        # Scoring must not move torch's random stream (the loader draws a seed): the fit is the fit without it.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            total, count = 0.0, 0
+            for batch in net.get_iterator(dataset, training=False):
+                Xi, yi = batch[0], batch[1]
+                y_pred = net.evaluation_step(batch, training=False)
+                n = len(yi)
+                total += float(net.get_loss(y_pred, yi, X=Xi, training=False)) * n
+                count += n
+        loss = total / max(1, count)
+        if dataset_valid is None and not start:
+            net.history.record("train_eval_loss", loss)
+        return loss
+
+    def _consider(self, net, epoch: int, loss: float):
+        if self._best is None or loss < self._best[1]:
+            state = {k: v.detach().clone() for k, v in unwrapped_module(net).state_dict().items()}
+            self._best = (epoch, loss, state)
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        if self._best is None and dataset_train is not None:
+            self._consider(net, self._start, self._score(net, dataset_train, dataset_valid, start=True))
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        loss = self._score(net, dataset_train, dataset_valid, start=False)
+        if math.isfinite(loss):
+            self._consider(net, len(net.history), loss)
+
+    def on_train_end(self, net, **kwargs):
+        best, self._best = self._best, None  # the kept weights are not pickled with the callback
+        net.best_epoch_ = self._start if best is None else int(best[0])
+        if best is None:
+            return
+        if best[0] != len(net.history):
+            unwrapped_module(net).load_state_dict(best[2])
+        net.history.record("best_epoch", int(best[0]))
 
 
 def valid_accuracy(net, X, y):

@@ -36,7 +36,7 @@ from ._backbones import TimmTrunk
 from ._augment import AUGMENT_PRESETS, CropPolicy, resolve_augment
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
-from ._callbacks import FreezeSchedule, PhaseCosineLR, unwrapped_module, valid_accuracy
+from ._callbacks import FreezeSchedule, KeepBestEpoch, PhaseCosineLR, unwrapped_module, valid_accuracy
 from ._engine import (
     forward_batches,
     module_device,
@@ -535,6 +535,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         if self.early_stopping:
             patience = 5 if self.early_stopping is True else self.early_stopping
             extra.append(("early_stopping", EarlyStopping(monitor="valid_loss", patience=patience, load_best=True)))
+        extra.append(("keep_best", KeepBestEpoch()))  # never end below the starting point (the probe head)
         return callbacks[:-1] + extra + callbacks[-1:]  # print_log stays last
 
     # -- initialisation ------------------------------------------------------
