@@ -655,7 +655,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             self._fit_head(self._fit_split[0])
         if self.lr == "auto":
             self.lr_finder_ = self._lr_range_test(self._fit_split[0], num_iter=LR_FINDER_STEPS)
-            found = self.lr_finder_.suggestion or DEFAULT_LR
+            found = self.lr_finder_.suggestion  # within the swept range; DEFAULT_LR with a warning if no signal
             for group in self.optimizer_.param_groups:  # every group keeps its ratio to lr
                 group["lr"] *= found / self.lr_
             self.lr_ = found
@@ -724,7 +724,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         try:
             for name, param in network.named_parameters():
                 param.requires_grad_(name not in frozen)
-            return lr_range_test(self, dataset_train, **kwargs)
+            return lr_range_test(self, dataset_train, default_lr=DEFAULT_LR, **kwargs)
         finally:
             for name, param in network.named_parameters():
                 param.requires_grad_(flags[name])
