@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from skorch.callbacks import Callback
+from skorch.dataset import ValidSplit
 from sklearn.datasets import load_digits, load_sample_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -240,7 +241,9 @@ def budgets(args, name, data):
         for epochs in args.epochs_list:
             last = LastEpochScore(*data[2:])
             start = time.perf_counter()
-            kept = make(max_epochs=epochs, callbacks=[("last_epoch_score", last)]).fit(*data[:2])
+            split = {} if not args.train_split else dict(
+                train_split=ValidSplit(args.train_split, stratified=True, random_state=seed))
+            kept = make(max_epochs=epochs, callbacks=[("last_epoch_score", last)], **split).fit(*data[:2])
             runs[epochs]["time"].append(time.perf_counter() - start)
             runs[epochs]["last"].append(last.score_)
             runs[epochs]["kept"].append(kept.score(*data[2:]))
@@ -251,8 +254,9 @@ def budgets(args, name, data):
 
 
 def budget_table(args, results) -> list[str]:
+    held_out = f", `train_split=ValidSplit({args.train_split}, stratified=True)`" if args.train_split else ""
     lines = [
-        f"### Test accuracy at each budget: {args.image_size} px, mean of {args.seeds} seeds",
+        f"### Test accuracy at each budget: {args.image_size} px, mean of {args.seeds} seeds{held_out}",
         "",
         "| dataset | max_epochs | probe head (max_epochs=0) | last epoch (as before: `callbacks__keep_best=None`) "
         "| defaults (best of probe, epochs) | defaults − probe (points) | epoch kept (per seed) | fit time (s) |",
@@ -392,6 +396,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs-list", default=None, type=lambda t: [int(e) for e in t.split(",")],
                         help="comma-separated max_epochs: probe head vs last vs kept epoch at each budget")
+    parser.add_argument("--train-split", type=float, default=None,
+                        help="with --epochs-list: fine-tune with a stratified validation split of this fraction")
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     parser.add_argument("--overhead", action="store_true", help="also time epochs against a plain PyTorch loop")
     parser.add_argument("--variant", action="append", default=[], type=_variant, metavar='NAME=JSON',

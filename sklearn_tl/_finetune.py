@@ -285,14 +285,22 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         Learning rate of the head. ``"auto"``: an LR range test (Smith 2017,
         fastai's ``lr_find``) of 40 training batches at the start of ``fit``,
         after the head fit, picks the rate (steepest descent where the loss
-        falls, else a tenth of where it diverges: ``suggest_lr``); model,
-        optimizer and random state are restored after it. The curve is in
+        falls, else a tenth of where it diverges, always within the swept
+        1e-6 to 1: ``suggest_lr``); model, optimizer and random state are
+        restored after it. A flat or near-zero curve shows nothing: then
+        1e-3 with one :class:`LRFinderWarning`. The curve is in
         ``lr_finder_``; :meth:`lr_find` runs the test alone.
     max_epochs : int, default=10
     batch_size : int or "auto", default="auto"
         32 on CPU, 256 on CUDA.
     train_split : callable or None, default=None
-        skorch's internal validation split (e.g. ``ValidSplit(0.2)``).
+        skorch's internal validation split (e.g. ``ValidSplit(0.2)``). The
+        fit keeps the weights of the best of {the starting point, each epoch}
+        (callback ``keep_best``, :class:`KeepBestEpoch`): by the validation
+        loss where there is a split, else by the loss on the training images
+        (fixed augmented views; no image is held out). So a short budget never
+        ends below the LP-FT probe head; ``callbacks__keep_best=None`` keeps
+        the last epoch instead.
     callbacks : list, "disable" or None, default=None
         Extra skorch callbacks, added to the defaults (``freeze``,
         ``lr_schedule``, ``early_stopping``, timers, scores, log).
@@ -322,6 +330,9 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         Per-epoch losses, scores, ``lr`` and ``trainable`` parameter count.
     lr_ : float
         The head's learning rate: ``lr``, or the one the range test found.
+    best_epoch_ : int
+        The epoch whose weights the last ``fit`` / ``partial_fit`` kept
+        (0: the head fit, before any epoch).
     lr_finder_ : LRFinderResult
         With ``lr="auto"``: the range test's ``lrs``, smoothed ``losses`` and
         ``suggestion``.
@@ -789,7 +800,10 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         over ``num_iter`` training batches (stopping early if the loss
         diverges). Returns an ``LRFinderResult`` with ``lrs``, the smoothed
         ``losses`` and ``suggestion`` (the rate ``lr="auto"`` would train
-        at); ``as_dict()`` gives them as lists.
+        at, within ``[start_lr, end_lr]``; where the curve is flat or near
+        zero, the default 1e-3 moved into that range, with one
+        :class:`LRFinderWarning` and ``fallback=True``); ``as_dict()`` gives
+        them as lists.
         """
         net = clone(self)
         with net._fit_scope(reset=True):
