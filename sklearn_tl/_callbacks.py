@@ -143,25 +143,18 @@ class KeepBestEpoch(Callback):
     score, than where it started. The optimizer's state is not restored.
 
     The score is the validation loss where the net has a validation split;
-    otherwise the mean loss (eval mode) over the training images as training
-    sees them, with their augmentation: the same views for every candidate
-    (drawn with ``seed``), recorded in the history as ``train_eval_loss``.
-    Not the images without augmentation: the probe head was fitted to
-    convergence on exactly those, so it would win there even where the tuned
-    network generalises far better (textures, 5 epochs: kept the probe's
-    0.93 against the last epoch's 0.98).
-
-    Parameters
-    ----------
-    seed : int, default=0
-        Seeds the augmented views of the training images that are scored.
+    otherwise the mean loss over the training set evaluated as for
+    prediction (eval mode, without augmentation: ``net.plain_view(dataset)``
+    where the net defines it), recorded in the history as ``train_eval_loss``.
+    That score is cautious: the probe head was fitted to convergence on
+    those very images, so it often stays ahead of epochs that generalise
+    better; a validation split (``train_split``) is the unbiased choice, at
+    the cost of the images it holds out. (Augmented views of the training
+    images were measured too, and kept epochs far below the probe.)
     The kept epoch is recorded in the last history row as ``best_epoch`` and
     in ``net.best_epoch_`` (an int: the epoch number in the history, or the
     number of the last epoch before this call, 0 for the start of ``fit``).
     """
-
-    def __init__(self, seed=0):
-        self.seed = seed
 
     def on_train_begin(self, net, **kwargs):
         self._start = len(net.history)  # epochs before this call: the starting point's number
@@ -170,11 +163,11 @@ class KeepBestEpoch(Callback):
     def _score(self, net, dataset_train, dataset_valid, start: bool) -> float:
         if dataset_valid is not None and not start:
             return float(net.history[-1, "valid_loss"])
-        dataset = dataset_train if dataset_valid is None else dataset_valid
+        dataset = dataset_valid
+        if dataset is None:
+            dataset = getattr(net, "plain_view", lambda d: d)(dataset_train)
         # Scoring must not move torch's random stream (the loader draws a seed): the fit is the fit without it.
-        # A fixed seed gives every candidate the same augmented views of the training images.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.seed)
             total, count = 0.0, 0
             for batch in net.get_iterator(dataset, training=False):
                 Xi, yi = batch[0], batch[1]

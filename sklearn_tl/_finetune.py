@@ -298,7 +298,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         fit keeps the weights of the best of {the starting point, each epoch}
         (callback ``keep_best``, :class:`KeepBestEpoch`): by the validation
         loss where there is a split, else by the loss on the training images
-        (fixed augmented views; no image is held out). So a short budget never
+        (without augmentation; no image is held out). So a short budget never
         ends below the LP-FT probe head; ``callbacks__keep_best=None`` keeps
         the last epoch instead.
     callbacks : list, "disable" or None, default=None
