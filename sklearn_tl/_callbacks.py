@@ -132,71 +132,57 @@ class PhaseCosineLR(Callback):
 
 
 class KeepBestEpoch(Callback):
-    """At the end of training, keep the weights of the best of {the starting point, each epoch}.
+    """With a validation split: keep the weights of the best of {the starting point, each epoch}.
 
     The starting point (epoch 0 of ``fit``: the LP-FT probe head on the
     pretrained backbone; the weights before the call for ``partial_fit``) is
-    scored before the first batch, every epoch after its last batch, and the
-    module's parameters and buffers of the best one are kept in memory (never
-    on disk) and loaded back at ``on_train_end``, like skorch's
-    ``Checkpoint(load_best=True)``. So training never ends worse, by this
-    score, than where it started. The optimizer's state is not restored.
+    scored on the validation split before the first batch, every epoch by
+    its ``valid_loss``, and the module's parameters and buffers of the best
+    one are kept in memory (never on disk) and loaded back at
+    ``on_train_end``, like skorch's ``Checkpoint(load_best=True)`` with the
+    start as a candidate. So training never ends worse, on the validation
+    images, than where it started. The optimizer's state is not restored.
 
-    The score is the validation loss where the net has a validation split;
-    otherwise the mean loss over the training set evaluated as for
-    prediction (eval mode, without augmentation: ``net.plain_view(dataset)``
-    where the net defines it), recorded in the history as ``train_eval_loss``.
-    That score is cautious: the probe head was fitted to convergence on
-    those very images, so it often stays ahead of epochs that generalise
-    better; a validation split (``train_split``) is the unbiased choice, at
-    the cost of the images it holds out. (Augmented views of the training
-    images were measured too, and kept epochs far below the probe.)
-    The kept epoch is recorded in the last history row as ``best_epoch`` and
-    in ``net.best_epoch_`` (an int: the epoch number in the history, or the
-    number of the last epoch before this call, 0 for the start of ``fit``).
+    Without a validation split (``train_split=None``) it does nothing and the
+    last epoch is kept: scored on the training images themselves, the probe
+    head (fitted to convergence on exactly those images) stays ahead of
+    epochs that generalise far better, and augmented views of them keep
+    epochs far below the probe (both measured: benchmarks/README.md).
+
+    The kept epoch is in ``net.best_epoch_`` (an int: the epoch number in
+    the history, or the number of the last epoch before this call, 0 for
+    the start of ``fit``) and, with a split, in the last history row as
+    ``best_epoch``.
     """
 
     def on_train_begin(self, net, **kwargs):
         self._start = len(net.history)  # epochs before this call: the starting point's number
         self._best = None
 
-    def _score(self, net, dataset_train, dataset_valid, start: bool) -> float:
-        if dataset_valid is not None and not start:
-            return float(net.history[-1, "valid_loss"])
-        dataset = dataset_valid
-        if dataset is None:
-            dataset = getattr(net, "plain_view", lambda d: d)(dataset_train)
-        # Scoring must not move torch's random stream (the loader draws a seed): the fit is the fit without it.
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            total, count = 0.0, 0
-            for batch in net.get_iterator(dataset, training=False):
-                Xi, yi = batch[0], batch[1]
-                y_pred = net.evaluation_step(batch, training=False)
-                n = len(yi)
-                total += float(net.get_loss(y_pred, yi, X=Xi, training=False)) * n
-                count += n
-        loss = total / max(1, count)
-        if dataset_valid is None and not start:
-            net.history.record("train_eval_loss", loss)
-        return loss
-
     def _consider(self, net, epoch: int, loss: float):
-        if self._best is None or loss < self._best[1]:
+        if math.isfinite(loss) and (self._best is None or loss < self._best[1]):
             state = {k: v.detach().clone() for k, v in unwrapped_module(net).state_dict().items()}
             self._best = (epoch, loss, state)
 
-    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        if self._best is None and dataset_train is not None:
-            self._consider(net, self._start, self._score(net, dataset_train, dataset_valid, start=True))
+    def on_epoch_begin(self, net, dataset_valid=None, **kwargs):
+        if self._best is not None or dataset_valid is None or len(net.history) != self._start + 1:
+            return
+        # Scoring must not move torch's random stream (the loader draws a seed): the fit is the fit without it.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            total, count = 0.0, 0
+            for batch in net.get_iterator(dataset_valid, training=False):
+                y_pred = net.evaluation_step(batch, training=False)
+                total += float(net.get_loss(y_pred, batch[1], X=batch[0], training=False)) * len(batch[1])
+                count += len(batch[1])
+        self._consider(net, self._start, total / max(1, count))
 
-    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        loss = self._score(net, dataset_train, dataset_valid, start=False)
-        if math.isfinite(loss):
-            self._consider(net, len(net.history), loss)
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        if dataset_valid is not None:
+            self._consider(net, len(net.history), float(net.history[-1, "valid_loss"]))
 
     def on_train_end(self, net, **kwargs):
         best, self._best = self._best, None  # the kept weights are not pickled with the callback
-        net.best_epoch_ = self._start if best is None else int(best[0])
+        net.best_epoch_ = len(net.history) if best is None else int(best[0])
         if best is None:
             return
         if best[0] != len(net.history):

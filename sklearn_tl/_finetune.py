@@ -294,13 +294,13 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
     batch_size : int or "auto", default="auto"
         32 on CPU, 256 on CUDA.
     train_split : callable or None, default=None
-        skorch's internal validation split (e.g. ``ValidSplit(0.2)``). The
-        fit keeps the weights of the best of {the starting point, each epoch}
-        (callback ``keep_best``, :class:`KeepBestEpoch`): by the validation
-        loss where there is a split, else by the loss on the training images
-        (without augmentation; no image is held out). So a short budget never
-        ends below the LP-FT probe head; ``callbacks__keep_best=None`` keeps
-        the last epoch instead.
+        skorch's internal validation split (e.g. ``ValidSplit(0.2,
+        stratified=True)``). With a split (also the one ``early_stopping``
+        makes), the fit keeps the weights of the best of {the starting point,
+        each epoch} by the validation loss (callback ``keep_best``,
+        :class:`KeepBestEpoch`), so a short budget never ends below the LP-FT
+        probe head on those images; ``callbacks__keep_best=None`` keeps the
+        last epoch. None: no image is held out and the last epoch is kept.
     callbacks : list, "disable" or None, default=None
         Extra skorch callbacks, added to the defaults (``freeze``,
         ``lr_schedule``, ``early_stopping``, timers, scores, log).
@@ -332,7 +332,8 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         The head's learning rate: ``lr``, or the one the range test found.
     best_epoch_ : int
         The epoch whose weights the last ``fit`` / ``partial_fit`` kept
-        (0: the head fit, before any epoch).
+        (0: the head fit, before any epoch); the last epoch without a
+        validation split.
     lr_finder_ : LRFinderResult
         With ``lr="auto"``: the range test's ``lrs``, smoothed ``losses`` and
         ``suggestion``.
@@ -546,7 +547,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         if self.early_stopping:
             patience = 5 if self.early_stopping is True else self.early_stopping
             extra.append(("early_stopping", EarlyStopping(monitor="valid_loss", patience=patience, load_best=True)))
-        extra.append(("keep_best", KeepBestEpoch()))  # never end below the starting point (the probe head)
+        extra.append(("keep_best", KeepBestEpoch()))  # with a validation split: never end below the start
         return callbacks[:-1] + extra + callbacks[-1:]  # print_log stays last
 
     # -- initialisation ------------------------------------------------------

@@ -117,10 +117,6 @@ class ImageTrainingMixin:
     def _train_transform(self):
         return ImageTransform(self.data_config_, augment=self.augment)
 
-    def plain_view(self, dataset):
-        """``dataset`` without training augmentation (what ``KeepBestEpoch`` scores the training images on)."""
-        return with_transform(dataset, ImageTransform(self.data_config_))
-
     def _resolved_train_split(self):
         if self.train_split is not None or not self.early_stopping:
             return self.train_split
