@@ -147,10 +147,10 @@ def _head_outputs(estimator) -> _Head:
     """
     from onnx import helper
 
-    classes = _label_tensor("classes", estimator.classes_)
+    classes = _label_tensor("head_classes", estimator.classes_)
     nodes = [
-        helper.make_node("ArgMax", [PROBABILITIES], ["label_index"], axis=1, keepdims=0),
-        helper.make_node("Gather", ["classes", "label_index"], [LABEL], axis=0),
+        helper.make_node("ArgMax", [PROBABILITIES], ["head_label_index"], axis=1, keepdims=0),
+        helper.make_node("Gather", ["head_classes", "head_label_index"], [LABEL], axis=0),
     ]
     label = helper.make_tensor_value_info(LABEL, classes.data_type, ["batch"])
     return _Head(estimator._get_predict_nonlinearity(), PROBABILITIES, nodes, [classes], [label])
@@ -187,6 +187,8 @@ def _parts(model) -> _Parts:
         )
     steps = _flat_steps(model.steps)
     first = steps[0][1] if steps else None
+    if isinstance(first, tuner) and len(steps) == 1:
+        return _fine_tuner_parts(first)
     if isinstance(first, PretrainedCNNFeaturizer):
         check_is_fitted(first)
         network = first.backbone_
@@ -257,6 +259,7 @@ def _with_label_of(tail, other):
     import onnx
 
     _drop_outputs(tail, {LABEL})
+    _rename_edges(tail, {LABEL: "unused_" + LABEL})  # a node that made it with the probabilities
     other = onnx.compose.add_prefix(other, "scores_")
     _drop_outputs(other, {o.name for o in other.graph.output if o.name != "scores_" + LABEL})
     _rename_edges(other, {other.graph.input[0].name: tail.graph.input[0].name, "scores_" + LABEL: LABEL})
@@ -290,7 +293,7 @@ def _int_flags():
     try:
         onnx.helper.make_attribute("flags", [0, False])
         refused = False
-    except TypeError:
+    except (TypeError, ValueError):
         refused = True
     if make_node is None or not refused:
         yield
@@ -331,6 +334,8 @@ def _convert(steps, n_features: int, opset: int, options: dict):
 def _sklearn_graph(steps, n_features: int, opset: int):
     """The ONNX graph of the sklearn ``steps``: input ``OUTPUT_NAME``; ``label`` and, with predict_proba,
     ``probabilities`` for a classifier."""
+    from sklearn.linear_model import SGDClassifier
+
     try:
         from skl2onnx._supported_operators import sklearn_operator_name_map
         from skl2onnx.common._registration import get_converter
@@ -352,7 +357,7 @@ def _sklearn_graph(steps, n_features: int, opset: int):
     classifier, with_proba = is_classifier(final), hasattr(final, "predict_proba")
     try:
         tail = _convert(steps, n_features, opset, options)
-        if type(final).__name__ == "SGDClassifier" and with_proba:
+        if isinstance(final, SGDClassifier) and with_proba:
             # skl2onnx takes its label from the probabilities, which tie once two classes saturate;
             # SGDClassifier.predict is the argmax of the decision function, as with raw_scores.
             raw = {**options, id(final): {**options.get(id(final), {}), "raw_scores": True}}
