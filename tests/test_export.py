@@ -321,7 +321,8 @@ class TestExportOnnx:
         exact = X[:, : crop.resize_size, : crop.resize_size]
         np.save(tmp_path / "exact.npy", exact)
         np.save(tmp_path / "resized.npy", X)
-        jobs = [{"model": str(tmp_path / "model.onnx"), "images": str(tmp_path / f"{n}.npy")} for n in ("exact", "resized")]
+        model = str(tmp_path / "model.onnx")
+        jobs = [{"model": model, "images": str(tmp_path / f"{name}.npy")} for name in ("exact", "resized")]
         exact_out, resized_out = run_torch_free(jobs, tmp_path)
         loaded = load_model(tmp_path / "model.joblib")
         np.testing.assert_array_equal(exact_out["label"], loaded.predict(exact))

@@ -1,4 +1,7 @@
-"""The ONNX Runtime backend: agreement with torch, fallback, pickling, int8, decoding overlap (export_onnx: test_export.py)."""
+"""The ONNX Runtime backend: agreement with torch, fallback, pickling, int8, decoding overlap.
+
+export_onnx is tested in test_export.py.
+"""
 
 import pickle
 import threading
