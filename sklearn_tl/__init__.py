@@ -7,7 +7,7 @@ your labels (skorch).
 
 from ._backbones import BackboneSpec, get_backbone_spec, list_backbones, register_backbone
 from ._cache import EmbeddingCache, EmbeddingCacheWarning
-from ._callbacks import FreezeSchedule, PhaseCosineLR
+from ._callbacks import FreezeSchedule, KeepBestEpoch, PhaseCosineLR
 from ._dask import featurize_dask
 from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
 from ._engine import ImageReadWarning
@@ -15,6 +15,7 @@ from ._export import export_onnx
 from ._featurizer import PretrainedCNNFeaturizer
 from ._finetune import FineTuneClassifier
 from ._images import ImageReadError
+from ._lr_find import LRFinderWarning
 from ._onnx import OnnxFallbackWarning
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig
@@ -32,6 +33,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "ImageReadWarning",
+    "KeepBestEpoch",
+    "LRFinderWarning",
     "ModelFileError",
     "ModelVersionWarning",
     "OnnxFallbackWarning",

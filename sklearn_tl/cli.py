@@ -254,6 +254,9 @@ def _cmd_train(args) -> int:
         )
         print("confusion matrix (rows: true class, columns: predicted class):")
         print(_format_confusion(confusion_matrix(data.y, result.predicted, labels=names), names))
+    rate = _learning_rate_line(result.model)
+    if rate:
+        print(rate)
     from ._persistence import save_model
 
     header = save_model(result.model, output)
@@ -265,12 +268,25 @@ def _cmd_train(args) -> int:
 
         title = f"{Path(args.folder).name}: {args.mode}, {args.backbone}"
         summary = [f"{len(data.paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
-                   f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"]
+                   f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"] + ([rate] if rate else [])
+        title += f", lr {result.model.lr_:.3g}" if rate else ""
         finder = getattr(result.model, "lr_finder_", None)
         write_report(args.report, data.y, result.predicted, names, paths=data.paths, confidence=result.confidence,
                      title=title, summary=summary, lr_finder=None if finder is None else finder.as_dict())
         print(f"report: {args.report}")
     return 0
+
+
+def _learning_rate_line(model) -> str | None:
+    """The rate a fine-tuned model trained at (``lr_``), and where it came from; None for other models."""
+    rate = getattr(model, "lr_", None)
+    if rate is None:
+        return None
+    finder = getattr(model, "lr_finder_", None)
+    if finder is None or model.lr != "auto":
+        return f"learning rate: {rate:.3g}"
+    how = "the default: the range test's curve showed no signal" if finder.fallback else "from the range test"
+    return f"learning rate: {rate:.3g} (lr='auto', {how}, which swept {finder.lrs[0]:.3g} to {finder.lrs[-1]:.3g})"
 
 
 # ---------------------------------------------------------------- predict

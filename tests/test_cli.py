@@ -162,7 +162,7 @@ def test_train_html_report(photo_folder, tmp_path, capsys):
     assert "china" in page and "Misclassified images" in page
 
 
-def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path):
+def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path, capsys):
     assert main([
         "train", str(photo_folder), "--mode", "finetune", "--weights", "none", "--image-size", "32",
         "--max-epochs", "1", "--lr", "auto", "--cv", "2", "-o", str(tmp_path / "m.joblib"),
@@ -174,6 +174,9 @@ def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path):
 
     model = load_model(tmp_path / "m.joblib")
     assert model.lr == "auto" and f"{model.lr_finder_.suggestion:.3g}" in page
+    rate = f"learning rate: {model.lr_:.3g} (lr="  # the chosen rate, printed and in the report
+    assert rate in capsys.readouterr().out and rate in page
+    assert model.lr_finder_.lrs[0] <= model.lr_ <= model.lr_finder_.lrs[-1]
     with pytest.raises(SystemExit):
         main(["train", str(photo_folder), "--lr", "fast", "-o", str(tmp_path / "x.joblib")])
 
