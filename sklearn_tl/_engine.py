@@ -15,7 +15,6 @@ import copy
 import queue
 import sys
 import threading
-import time
 import warnings
 import zlib
 
@@ -285,7 +284,7 @@ def forward_batches(
     micro = batch_size
     failures = []
     bar = _progress_bar(n, description) if show_progress(progress, n) else None
-    start, done = time.perf_counter(), 0
+    done = 0
     apply_worker_threads()
     try:
         with torch.inference_mode(), autocast_context(device, dtype):
@@ -316,8 +315,7 @@ def forward_batches(
                         on_batch(positions, rows, keys)
                 done += size
                 if bar is not None:
-                    bar.update(size)
-                    bar.set_postfix_str(f"{done / (time.perf_counter() - start):.1f} img/s")
+                    bar.update(size)  # tqdm shows the rate (unit="img"): no second one
     finally:
         if bar is not None:
             bar.close()
