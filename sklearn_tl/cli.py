@@ -92,7 +92,12 @@ def _progress(args) -> bool:
 # ---------------------------------------------------------------- messages
 
 # Library messages name Python arguments; the command line says its own options instead.
-_OPTION_NAMES = {"force=True": "--force", "cv=0": "--cv 0"}
+_OPTION_NAMES = {
+    "force=True": "--force",
+    "cv=0": "--cv 0",
+    "weights=None": "--weights none",
+    "weights='": "--weights '",  # the hint "pass weights='/path/to/<file>'"
+}
 
 
 def _in_cli_words(message) -> str:

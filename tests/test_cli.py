@@ -411,3 +411,21 @@ def test_every_command_has_help_with_examples(command, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"usage: sklearn-tl {command}")
     assert f"Examples:\n  sklearn-tl {command}" in out
+
+
+# ---------------------------------------------------------------- messages in command-line words
+
+
+def test_missing_weights_hint_names_the_option(cli_env, photo_folder, tmp_path):
+    result = run_in_process(cli_env, "featurize", photo_folder / "china" / "china_0.jpg", "--weights", "IMAGENET1K_V1",
+                            "--backbone", "resnet18", "-o", tmp_path / "e.npy")
+    assert_user_error(result, "featurize", "is not on this machine")
+    assert "--weights '/path/to/resnet18-" in result.stderr and "weights='" not in result.stderr
+
+
+def test_python_api_keeps_the_argument_in_the_weights_hint(cli_env, monkeypatch):
+    from sklearn_tl import PretrainedCNNFeaturizer, WeightsNotFoundError
+
+    monkeypatch.setenv("TORCH_HOME", cli_env["TORCH_HOME"])
+    with pytest.raises(WeightsNotFoundError, match="pass weights='/path/to/resnet18-"):
+        PretrainedCNNFeaturizer("resnet18", weights="IMAGENET1K_V1").fit(np.zeros((1, 8, 8, 3), np.uint8))
