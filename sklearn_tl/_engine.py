@@ -43,7 +43,13 @@ _COMPILE_LOCK = threading.Lock()
 
 
 class ImageReadWarning(UserWarning):
-    """Some images could not be read; their embedding rows are NaN."""
+    """Some images could not be read: their embedding rows are NaN, or they were left out of training."""
+
+
+def first_messages(messages, limit: int = 5) -> str:
+    """The first ``limit`` messages joined by "; " (then "; ..."): a warning about many files stays short."""
+    messages = list(messages)
+    return "; ".join(messages[:limit]) + ("; ..." if len(messages) > limit else "")
 
 
 # ---------------------------------------------------------------- where the code runs
@@ -320,9 +326,9 @@ def forward_batches(
         if bar is not None:
             bar.close()
     if failures:
-        shown = "; ".join(f.message for f in failures[:5]) + ("; ..." if len(failures) > 5 else "")
         warnings.warn(
-            f"{len(failures)} of {n} image(s) could not be read; their rows are NaN: {shown}",
+            f"{len(failures)} of {n} image(s) could not be read; their rows are NaN: "
+            f"{first_messages(f.message for f in failures)}",
             ImageReadWarning,
             stacklevel=3,
         )

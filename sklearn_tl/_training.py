@@ -23,6 +23,7 @@ __all__ = [
     "logistic_head",
     "n_folds",
     "predict_with_confidence",
+    "readable_images",
     "set_inference_options",
     "train_classifier",
 ]
@@ -65,6 +66,41 @@ def load_labelled_folder(folder) -> LabelledImages:
         class_names=names,
         counts=np.bincount(data.target, minlength=len(names)),
     )
+
+
+def readable_images(data: LabelledImages) -> tuple[LabelledImages, list[str]]:
+    """``data`` without the images that cannot be decoded, and the paths left out.
+
+    Each file is decoded once, as training decodes it. The files left out are
+    named in one :class:`ImageReadWarning`; a class left with no readable
+    image is an error.
+    """
+    import warnings
+
+    from ._engine import ImageReadWarning, first_messages
+    from ._images import ImageReadError, read_image_file
+
+    keep, errors = np.ones(len(data.paths), dtype=bool), []
+    for i, path in enumerate(data.paths):
+        try:
+            read_image_file(path)
+        except ImageReadError as exc:
+            keep[i] = False
+            errors.append(str(exc))
+    if not errors:
+        return data, []
+    warnings.warn(
+        f"{len(errors)} of {len(data.paths)} image(s) could not be read and are left out: {first_messages(errors)}",
+        ImageReadWarning,
+        stacklevel=2,
+    )
+    y = data.y[keep]
+    counts = np.array([np.sum(y == name) for name in data.class_names])
+    if not counts.all():
+        empty = data.class_names[int(np.argmin(counts))]
+        raise ValueError(f"Class {empty!r} has no readable image (the warning above names the files).")
+    paths = [p for p, k in zip(data.paths, keep) if k]
+    return LabelledImages(paths, y, data.class_names, counts), [p for p, k in zip(data.paths, keep) if not k]
 
 
 def n_folds(data: LabelledImages, cv: int) -> int:

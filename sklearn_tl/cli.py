@@ -234,10 +234,16 @@ def _cmd_train(args) -> int:
     from ._training import load_labelled_folder, n_folds, train_classifier
 
     data = load_labelled_folder(args.folder)
+    skipped = []
+    if args.skip_unreadable:
+        from ._training import readable_images
+
+        data, skipped = readable_images(data)
     n_splits = n_folds(data, args.cv)
     names = data.class_names
     print(f"{len(data.paths)} images in {len(names)} classes: "
-          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts)))
+          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts))
+          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
     if args.mode != "features":
         try:
             from ._finetune import FineTuneClassifier  # noqa: F401
@@ -496,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="finetune/hybrid: 'backbone', 'none', or a number of blocks to freeze")
     train.add_argument(
         "--cache", default=None, help="features mode: embedding cache folder; a rerun (another --C) embeds nothing"
+    )
+    train.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="leave out images that cannot be decoded (a warning names them) instead of failing",
     )
     train.add_argument("--report", default=None, metavar="FILE", help="write report.html or report.png")
     train.add_argument("--random-state", type=int, default=0, help="seed for folds and initialisation")
