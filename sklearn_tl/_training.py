@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._defaults import FINETUNE_MAX_EPOCHS
+
 __all__ = [
     "MODES",
     "LabelledImages",
@@ -153,7 +155,7 @@ def train_classifier(
     progress=True,
     cache=None,
     C: float = 1.0,
-    max_epochs: int = 5,
+    max_epochs: int = FINETUNE_MAX_EPOCHS,
     lr: float = 1e-3,
     freeze=None,
     n_splits: int = 5,

@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._defaults import FINETUNE_MAX_EPOCHS
+
 __all__ = ["main", "build_parser"]
 
 EXIT_USER_ERROR = 2
@@ -494,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cv", type=int, default=5,
                        help="folds, capped by the smallest class; 0 skips cross-validation (default: 5)")
     train.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
-    train.add_argument("--max-epochs", type=int, default=5, help="finetune/hybrid: epochs (default: 5)")
+    train.add_argument("--max-epochs", type=int, default=FINETUNE_MAX_EPOCHS,
+                       help="finetune/hybrid: epochs (default: %(default)s)")
     train.add_argument("--lr", type=_lr_arg, default=1e-3,
                        help="finetune/hybrid: learning rate, or 'auto' for an LR range test at the start of "
                             "training, whose curve --report shows (default: 1e-3)")
