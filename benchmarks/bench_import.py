@@ -54,6 +54,7 @@ def main(argv=None):
     parser.add_argument("--write", help="also write the markdown results to this file")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"now": ROOT}
         if args.before:
@@ -73,7 +74,8 @@ def main(argv=None):
     names = list(trees)
     lines = [
         f"Median of {args.repeats} interleaved runs, seconds (Python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs); in brackets: minus `import torch, torchvision`.",
+        f"{os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} "
+        "after); in brackets: minus `import torch, torchvision`.",
         "",
         "| command | " + " | ".join(f"sklearn_tl {n}" for n in names) + " |",
         "|---|" + "---:|" * len(names),

@@ -217,6 +217,26 @@ def test_train_skip_unreadable_trains_on_the_rest(folder_with_broken_images, tmp
     assert set(model.predict([str(root / "china" / "china_1.jpg")])) <= set(CLASSES)
 
 
+def test_readable_images_finds_a_truncated_large_jpeg(sample_photos, tmp_path):
+    # The check decodes at reduced scale (JPEG draft); a cut-off file must still fail it.
+    from sklearn_tl import ImageReadWarning
+    from sklearn_tl._training import LabelledImages, readable_images
+
+    buffer = io.BytesIO()
+    Image.fromarray(sample_photos[0]).save(buffer, "JPEG", quality=90)
+    paths = [tmp_path / "whole.jpg", tmp_path / "cut.jpg", tmp_path / "other.jpg"]
+    paths[0].write_bytes(buffer.getvalue())
+    paths[1].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 3 // 4])
+    paths[2].write_bytes(buffer.getvalue())
+    data = LabelledImages([str(p) for p in paths], np.array(["a", "a", "b"], dtype=object), ["a", "b"],
+                          np.array([2, 1]))
+    with pytest.warns(ImageReadWarning, match="cut.jpg"):
+        kept, left_out = readable_images(data)
+    assert kept.paths == [str(paths[0]), str(paths[2])] and list(kept.y) == ["a", "b"]
+    assert kept.counts.tolist() == [1, 1] and left_out == [str(paths[1])]
+    assert data.paths == [str(p) for p in paths]  # the input is not modified
+
+
 def test_train_skip_unreadable_refuses_a_class_with_no_readable_image(folder_with_broken_images, tmp_path):
     for path in (folder_with_broken_images / "flower").glob("flower_*.jpg"):
         path.write_bytes(b"\xff\xd8 not a jpeg")
