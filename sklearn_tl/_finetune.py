@@ -37,6 +37,7 @@ from ._augment import AUGMENT_PRESETS, CropPolicy, resolve_augment
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._callbacks import FreezeSchedule, KeepBestEpoch, PhaseCosineLR, unwrapped_module, valid_accuracy
+from ._defaults import FINETUNE_MAX_EPOCHS
 from ._engine import (
     forward_batches,
     module_device,
@@ -423,7 +424,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
-        max_epochs=10,
+        max_epochs=FINETUNE_MAX_EPOCHS,
         batch_size="auto",
         train_split=None,
         callbacks=None,

@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._defaults import FINETUNE_MAX_EPOCHS
+
 __all__ = ["main", "build_parser"]
 
 EXIT_USER_ERROR = 2
@@ -92,7 +94,12 @@ def _progress(args) -> bool:
 # ---------------------------------------------------------------- messages
 
 # Library messages name Python arguments; the command line says its own options instead.
-_OPTION_NAMES = {"force=True": "--force", "cv=0": "--cv 0"}
+_OPTION_NAMES = {
+    "force=True": "--force",
+    "cv=0": "--cv 0",
+    "weights=None": "--weights none",
+    "weights='": "--weights '",  # the hint "pass weights='/path/to/<file>'"
+}
 
 
 def _in_cli_words(message) -> str:
@@ -229,10 +236,16 @@ def _cmd_train(args) -> int:
     from ._training import load_labelled_folder, n_folds, train_classifier
 
     data = load_labelled_folder(args.folder)
+    skipped = []
+    if args.skip_unreadable:
+        from ._training import readable_images
+
+        data, skipped = readable_images(data)
     n_splits = n_folds(data, args.cv)
     names = data.class_names
     print(f"{len(data.paths)} images in {len(names)} classes: "
-          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts)))
+          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts))
+          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
     if args.mode != "features":
         try:
             from ._finetune import FineTuneClassifier  # noqa: F401
@@ -499,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cv", type=int, default=5,
                        help="folds, capped by the smallest class; 0 skips cross-validation (default: 5)")
     train.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
-    train.add_argument("--max-epochs", type=int, default=5, help="finetune/hybrid: epochs (default: 5)")
+    train.add_argument("--max-epochs", type=int, default=FINETUNE_MAX_EPOCHS,
+                       help="finetune/hybrid: epochs (default: %(default)s)")
     train.add_argument("--lr", type=_lr_arg, default=1e-3,
                        help="finetune/hybrid: learning rate, or 'auto' for an LR range test at the start of "
                             "training, whose curve --report shows (default: 1e-3)")
@@ -507,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="finetune/hybrid: 'backbone', 'none', or a number of blocks to freeze")
     train.add_argument(
         "--cache", default=None, help="features mode: embedding cache folder; a rerun (another --C) embeds nothing"
+    )
+    train.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="leave out images that cannot be decoded (a warning names them) instead of failing",
     )
     train.add_argument("--report", default=None, metavar="FILE", help="write report.html or report.png")
     train.add_argument("--random-state", type=int, default=0, help="seed for folds and initialisation")

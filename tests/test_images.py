@@ -1,5 +1,6 @@
 """Images at scale: folders of real photos, odd formats, bad files, streaming."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,8 @@ class TestStreaming:
         tiny(progress=True).fit(crops).transform(crops)
         err = capsys.readouterr().err
         assert "img/s" in err and "6/6" in err
+        refreshes = [line for line in re.split(r"[\r\n]+", err) if "featurizing" in line]
+        assert all(len(re.findall("img/s|s/img", line)) <= 1 for line in refreshes), refreshes  # one rate
 
 
 PEAK_RSS_SCRIPT = textwrap.dedent(
