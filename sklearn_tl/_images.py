@@ -79,7 +79,7 @@ def check_value_range(value_range):
         valid = False
     if not valid or not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(
-            f"value_range must be None or a (low, high) pair of numbers with low < high; got {value_range!r}."
+            f"value_range must be None or a (low, high) pair of numbers with low < high; got {short_repr(value_range)}."
         )
     return low, high
 
