@@ -491,6 +491,8 @@ class _Unreadable(NamedTuple):
 
 def _read_stream(stream, index):
     """All bytes of a binary file object, read from its start as Pillow does, its position put back."""
+    if isinstance(stream, io.TextIOBase):
+        raise TypeError(f"X[{index}] is a file object opened in text mode; open image files in binary mode ('rb').")
     try:
         position = stream.tell()
         stream.seek(0)
@@ -506,7 +508,7 @@ def _read_stream(stream, index):
             with contextlib.suppress(OSError, ValueError):
                 stream.seek(position)
     if not _is_encoded(data):
-        raise TypeError(f"X[{index}] is a file object opened in text mode; open image files in binary mode ('rb').")
+        raise TypeError(f"X[{index}] is a file object whose read() gave a {type(data).__name__}, not bytes.")
     return data
 
 
