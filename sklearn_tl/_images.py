@@ -38,6 +38,7 @@ import hashlib
 import io
 import os
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -59,7 +60,7 @@ SUPPORTED_CHANNELS = (1, 3, 4)
 
 
 class ImageReadError(ValueError):
-    """An image file could not be read or decoded."""
+    """An image file or encoded image could not be read or decoded (``path`` is None for bytes)."""
 
     def __init__(self, message, index=None, path=None):
         super().__init__(message)
@@ -207,8 +208,8 @@ def describe_encoded(data) -> str:
 
 def _where(path, index, data=None) -> str:
     if path is None:
-        return ("an encoded image" if index is None else f"X[{index}], an encoded image") + \
-            f" of {describe_encoded(data)}"
+        item = "an encoded image" if index is None else f"X[{index}], an encoded image"
+        return f"{item} of {describe_encoded(data)}"
     return f"image file {short_repr(str(path))}" + (f" (index {index})" if index is not None else "")
 
 
@@ -355,7 +356,7 @@ class ArraySource(ImageSource):
 
 
 class ListSource(ImageSource):
-    """A list of PIL images, arrays, tensors or paths; each checked when loaded."""
+    """A list of PIL images, arrays, tensors, paths or encoded images; each checked when loaded."""
 
     def __init__(self, items, value_range=None):
         # File objects are read here, once: a file object cannot be shared with loader threads or pickled.
@@ -533,8 +534,8 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     ----------
     X : images
         See the module docstring. A one-column DataFrame or ``(n, 1)`` array
-        of paths (what ``ColumnTransformer`` passes for ``["path"]``) is a list
-        of paths.
+        of paths or encoded images (what ``ColumnTransformer`` passes for
+        ``["path"]``) is a list of them.
     image_shape : tuple, default=None
         ``(H, W)`` or ``(H, W, C)`` of flattened 2-D ``X``.
     value_range : (low, high), default=None
@@ -571,6 +572,8 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
         X = X.to_numpy()  # pandas Series / DataFrame column of paths or bytes
     elif hasattr(X, "__array__") and not isinstance(X, (np.ndarray, torch.Tensor)):
         X = np.asarray(X)
+    elif isinstance(X, Sequence) and not isinstance(X, (list, tuple)):
+        X = list(X)  # another sequence, e.g. a Hugging Face datasets Column of image rows
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,19 @@ def path_rows(fitted, jpegs):
     return fitted.transform(jpegs[0])
 
 
+class RowColumn(Sequence):
+    """A read-only sequence that is no list, as a Hugging Face ``datasets`` Column of image rows is."""
+
+    def __init__(self, rows):
+        self._rows = rows
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, index):
+        return self._rows[index]
+
+
 def encoded_forms(paths, blobs):
     """Every way to pass the same images as encoded content (and a mixed list)."""
     return {
@@ -63,13 +77,14 @@ def encoded_forms(paths, blobs):
         "(n, 1) array": np.array(blobs + [None], dtype=object)[:-1].reshape(-1, 1),
         "HF rows": [{"bytes": b, "path": f"name{i}.jpg"} for i, b in enumerate(blobs)],
         "HF rows without bytes": [{"bytes": None, "path": p} for p in paths],
+        "HF-like Column": RowColumn([{"bytes": b, "path": None} for b in blobs]),
         "mixed": [blobs[0], paths[1], io.BytesIO(blobs[2]), {"bytes": blobs[3], "path": None},
                   Image.open(paths[4]), np.asarray(Image.open(paths[5]))],
     }
 
 
 FORMS = ["bytes", "bytearray", "memoryview", "BytesIO", "object array", "Series", "arrow Series",
-         "one-column DataFrame", "(n, 1) array", "HF rows", "HF rows without bytes", "mixed"]
+         "one-column DataFrame", "(n, 1) array", "HF rows", "HF rows without bytes", "HF-like Column", "mixed"]
 
 
 @pytest.mark.parametrize("form", FORMS)
