@@ -404,7 +404,7 @@ class TestCollectImages:
 def test_value_range_is_part_of_the_content_key_and_refused_for_keyed_paths(tmp_path, crops):
     from sklearn_tl._images import as_image_source
 
-    X = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 4, 4)
+    X = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 2, 8)  # not (2, 4, 4): that reads as one RGBA image
     plain = as_image_source(X / 31)
     for data in (X, [X[0], X[1]], torch.tensor(X)):
         keys = {as_image_source(data, value_range=r).content_key(0) for r in [(0, 31), (0, 40), (-1, 31)]}
