@@ -18,6 +18,7 @@ from ._images import ImageReadError
 from ._onnx import OnnxFallbackWarning
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig
+from ._state import skops_trusted_types
 from ._weights import WeightsNotFoundError, weights_search_dirs
 
 __version__ = "0.1.0"
@@ -48,5 +49,6 @@ __all__ = [
     "load_textures",
     "register_backbone",
     "save_model",
+    "skops_trusted_types",
     "weights_search_dirs",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 
@@ -20,18 +19,9 @@ from ._images import ON_ERROR, ImageDataset
 from ._model import build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
 from ._onnx import BACKENDS, backend_key, calibration_sample, resolve_backend
 from ._preprocess import ImageTransform
+from ._state import PicklesAsData, featurizer_state, is_data_state, restore_featurizer
 
 __all__ = ["PretrainedCNNFeaturizer"]
-
-
-def cpu_state(state: dict, module_keys) -> dict:
-    """``state`` with the named modules copied to the CPU (device-independent pickles)."""
-    state = dict(state)
-    for key in module_keys:
-        module = state.get(key)
-        if isinstance(module, torch.nn.Module) and module_device(module).type != "cpu":
-            state[key] = copy.deepcopy(module).cpu()
-    return state
 
 
 _BUILD_LOCK = threading.Lock()
@@ -48,7 +38,7 @@ def _inference_backbone(built) -> torch.nn.Module:
 
 
 @shared_docs
-class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class PretrainedCNNFeaturizer(PicklesAsData, ImageEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into embeddings of a pretrained convolutional network.
 
     The backbone is cut before its classifier; its last feature map is pooled
@@ -346,14 +336,16 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
             return names
         return np.asarray(layer_feature_names(widths, self._build_args[3]), dtype=object)
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
     def __getstate__(self):
-        if "_build_args" in self.__dict__:
-            self.backbone_  # noqa: B018  (build it: the weights are part of a pickled model)
-        state = cpu_state(super().__getstate__(), ["_backbone"])
-        state.pop("_compiled", None)  # compiled graphs are rebuilt where the model runs
-        return state
+        return featurizer_state(self, super().__getstate__())  # data: see _state.py
 
     def __setstate__(self, state):
+        if is_data_state(state):
+            state = restore_featurizer(self, state)
+        else:  # a pickle of sklearn_tl 0.1: the module itself
+            state = dict(state)
         super().__setstate__(state)
         if "_build_args" in self.__dict__:
             self._compiled = {}

@@ -59,6 +59,7 @@ from ._model import (
 )
 from ._probe import fit_head
 from ._sources import source_for
+from ._state import PicklesAsData, finetuner_state, is_data_state, restore_finetuner
 from ._onnx import BACKENDS, _signature, resolve_backend
 from ._preprocess import ImageTransform, tta_views
 
@@ -139,7 +140,7 @@ class _Labelled(torch.utils.data.Dataset):
 
 
 @shared_docs
-class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClassifier):
+class FineTuneClassifier(PicklesAsData, ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClassifier):
     """Fine-tune a pretrained CNN on your labels, inside scikit-learn.
 
     The original ImageNet classifier is removed; a new ``head`` is trained on
@@ -475,7 +476,15 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         "cache": None,
     }
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
+    def __getstate__(self):
+        return finetuner_state(self, vars(self))  # data: see _state.py
+
     def __setstate__(self, state):
+        if is_data_state(state):
+            restore_finetuner(self, state)
+            return
         for name, value in self._DEFAULTS_OF_OLDER_FILES.items():
             state.setdefault(name, value)
         if state.get("initialized_"):
