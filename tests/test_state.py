@@ -259,7 +259,7 @@ def test_cache_keys_are_the_same_after_a_round_trip(mobilenet_file, tmp_path):
     assert cache.n_entries == entries  # every row found under the same keys
 
 
-def test_mlflow_default_format_saves_logs_and_loads(models, tmp_path):
+def test_mlflow_default_format_saves_logs_and_loads(models, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     import mlflow.sklearn
 
@@ -269,7 +269,8 @@ def test_mlflow_default_format_saves_logs_and_loads(models, tmp_path):
                                   pipe.predict_proba(X))
 
     model = models["finetune"]
-    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.x keeps the file store behind this flag
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(model, name="model", skops_trusted_types=skops_trusted_types())
     served = mlflow.pyfunc.load_model(info.model_uri)
