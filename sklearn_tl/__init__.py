@@ -18,7 +18,7 @@ from ._images import ImageReadError
 from ._onnx import OnnxFallbackWarning
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
 from ._preprocess import DataConfig
-from ._state import skops_trusted_types
+from ._state import SafeFormatError, skops_trusted_types
 from ._weights import WeightsNotFoundError, weights_search_dirs
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "OnnxFallbackWarning",
     "PhaseCosineLR",
     "PretrainedCNNFeaturizer",
+    "SafeFormatError",
     "WeightsNotFoundError",
     "__version__",
     "export_onnx",

@@ -19,7 +19,7 @@ from ._images import ON_ERROR, ImageDataset
 from ._model import build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
 from ._onnx import BACKENDS, backend_key, calibration_sample, resolve_backend
 from ._preprocess import ImageTransform
-from ._state import PicklesAsData, featurizer_state, is_data_state, restore_featurizer
+from ._state import featurizer_state, is_data_state, restore_featurizer
 
 __all__ = ["PretrainedCNNFeaturizer"]
 
@@ -38,7 +38,7 @@ def _inference_backbone(built) -> torch.nn.Module:
 
 
 @shared_docs
-class PretrainedCNNFeaturizer(PicklesAsData, ImageEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into embeddings of a pretrained convolutional network.
 
     The backbone is cut before its classifier; its last feature map is pooled

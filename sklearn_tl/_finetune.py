@@ -59,7 +59,7 @@ from ._model import (
 )
 from ._probe import fit_head
 from ._sources import source_for
-from ._state import PicklesAsData, finetuner_state, is_data_state, restore_finetuner
+from ._state import finetuner_state, is_data_state, restore_finetuner
 from ._onnx import BACKENDS, _signature, resolve_backend
 from ._preprocess import ImageTransform, tta_views
 
@@ -140,7 +140,7 @@ class _Labelled(torch.utils.data.Dataset):
 
 
 @shared_docs
-class FineTuneClassifier(PicklesAsData, ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClassifier):
+class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClassifier):
     """Fine-tune a pretrained CNN on your labels, inside scikit-learn.
 
     The original ImageNet classifier is removed; a new ``head`` is trained on
@@ -482,13 +482,13 @@ class FineTuneClassifier(PicklesAsData, ImageEstimatorMixin, ImageTrainingMixin,
         return finetuner_state(self, vars(self))  # data: see _state.py
 
     def __setstate__(self, state):
-        if is_data_state(state):
-            restore_finetuner(self, state)
-            return
         for name, value in self._DEFAULTS_OF_OLDER_FILES.items():
             state.setdefault(name, value)
         if state.get("initialized_"):
             state.setdefault("layer_", None)
+        if is_data_state(state):
+            restore_finetuner(self, state)
+            return
         super().__setstate__(state)
 
     def __setattr__(self, name, value):

@@ -156,7 +156,7 @@ def save_model(model, path, *, format=None, compress: int = 3, include_optimizer
     >>> bool((load_model(path).predict(X) == model.predict(X)).all())
     True
     """
-    from ._state import without_optimizer
+    from ._state import safe_format, without_optimizer
 
     path = Path(path)
     format = _resolved_format(path, format)
@@ -171,12 +171,13 @@ def save_model(model, path, *, format=None, compress: int = 3, include_optimizer
 
                 import skops.io
 
-                skops.io.dump(
-                    {"format": SKOPS_FORMAT, "header": header, "model": model},
-                    tmp,
-                    compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
-                    compresslevel=compress or None,
-                )
+                with safe_format():
+                    skops.io.dump(
+                        {"format": SKOPS_FORMAT, "header": header, "model": model},
+                        tmp,
+                        compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
+                        compresslevel=compress or None,
+                    )
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -13,9 +13,17 @@ names no private module of this package beyond the estimator classes (which
 live under the public name ``sklearn_tl``), and skops can store the estimators
 trusting only their own types (:func:`skops_trusted_types`).
 
+A class parameter is stored by name only if it is a torch or skorch
+optimizer, module, loader or dataset class; loading imports that (installed)
+torch/skorch module, checks the class's kind and calls nothing, so a file
+cannot name an arbitrary callable. Other objects (callbacks, a ``train_split``
+object, functions) stay objects: pickles carry them, and skops lists their
+types as untrusted.
+
 A user's own ``torch.nn.Module`` (``backbone=`` or ``head=``) cannot be
-rebuilt from data: pickles (joblib, cloudpickle) carry it as an object, and any
-other state export (skops) is refused with :class:`SafeFormatError`.
+rebuilt from data: pickles (joblib, cloudpickle, ``copy``) carry it as an
+object, and a skops file (``skops.io.dump``, MLflow's default, ``save_model``'s
+default) is refused with :class:`SafeFormatError`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import contextlib
 import contextvars
 import copy
 import importlib
+import sys
 from dataclasses import asdict, is_dataclass
 from enum import Enum
 from pathlib import PurePath
@@ -34,7 +43,6 @@ from torch import nn
 
 __all__ = [
     "SafeFormatError",
-    "PicklesAsData",
     "encode_value",
     "featurizer_state",
     "finetuner_state",
@@ -56,7 +64,7 @@ _CLASS, _PATH, _WEIGHTS, _MEMORY, _CACHE = "__class_ref__", "__path__", "__weigh
 _CLASS_PREFIXES = ("torch.", "skorch.")
 _CLASS_KINDS = (torch.optim.Optimizer, nn.Module, torch.utils.data.DataLoader, torch.utils.data.Dataset)
 
-_PICKLING = contextvars.ContextVar("sklearn_tl_pickling", default=False)
+_SAFE = contextvars.ContextVar("sklearn_tl_safe_format", default=False)
 _WITHOUT_OPTIMIZER = contextvars.ContextVar("sklearn_tl_without_optimizer", default=False)
 
 
@@ -64,26 +72,38 @@ class SafeFormatError(TypeError):
     """The estimator holds an object (a user's ``torch.nn.Module``) that a code-free file cannot rebuild."""
 
 
-class PicklesAsData:
-    """Marks ``pickle``/``copy`` calls so that ``__getstate__`` may keep objects only a pickle can carry."""
-
-    def __reduce_ex__(self, protocol):
-        token = _PICKLING.set(True)
-        try:
-            return super().__reduce_ex__(protocol)
-        finally:
-            _PICKLING.reset(token)
+def _skops_is_asking() -> bool:
+    """Whether skops (directly, or through MLflow) called the ``__getstate__`` running now."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith("skops."):
+            return True
+        if not (name.startswith("sklearn_tl") or name == "copyreg"):
+            return False  # a pickle, copy.deepcopy or a direct call: objects are welcome
+        frame = frame.f_back
+    return False
 
 
 def _refuse(owner, name: str, value) -> None:
-    """Raise :class:`SafeFormatError` unless a pickle is being written (which can carry ``value``)."""
-    if _PICKLING.get():
+    """Raise :class:`SafeFormatError` when a safe (skops) file is being written; pickles carry ``value``."""
+    if not (_SAFE.get() or _skops_is_asking()):
         return
     raise SafeFormatError(
         f"{type(owner).__name__}({name}=<{type(value).__name__}>) holds your own torch.nn.Module, which a "
         "safe (skops) file cannot rebuild: it stores data, never code. Save it as a pickle instead, "
         "save_model(model, path, format='joblib') or joblib.dump, and load that file only if you trust it."
     )
+
+
+@contextlib.contextmanager
+def safe_format():
+    """Within: estimators are being written to a safe file (``save_model(format="skops")``)."""
+    token = _SAFE.set(True)
+    try:
+        yield
+    finally:
+        _SAFE.reset(token)
 
 
 # -- values ---------------------------------------------------------------------

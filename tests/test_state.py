@@ -28,12 +28,12 @@ from sklearn_tl import (
     FineTuneClassifier,
     ModelFileError,
     PretrainedCNNFeaturizer,
+    SafeFormatError,
     load_model,
     save_model,
     skops_trusted_types,
 )
 from sklearn_tl._cache import model_fingerprint
-from sklearn_tl._state import SafeFormatError
 
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, (8, 40, 40, 3), dtype=np.uint8)
