@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
-from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
+from ._engine import PRECISIONS, for_inference, forward_batches, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset
 from ._model import build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
 from ._onnx import BACKENDS, backend_key, calibration_sample, resolve_backend

@@ -274,6 +274,12 @@ def _fold_like(module: nn.Module, saved: dict) -> None:
         parent._modules[second] = nn.Identity()
 
 
+def _data_config(fields: dict):
+    from ._preprocess import DataConfig
+
+    return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def _load_arrays(module: nn.Module, arrays: dict, label: str) -> None:
     try:
         module.load_state_dict(_tensors(arrays), strict=True)
@@ -307,7 +313,6 @@ def featurizer_state(featurizer, state: dict) -> dict:
 def restore_featurizer(featurizer, state: dict) -> dict:
     """The ``__dict__`` a data state stands for, its network rebuilt (returned for ``__setstate__``)."""
     from ._engine import for_inference
-    from ._preprocess import DataConfig
 
     _check_version(state)
     state = dict(state)
@@ -318,9 +323,7 @@ def restore_featurizer(featurizer, state: dict) -> dict:
         args[0], args[1] = (decode_value(v) for v in args[:2])
         backbone, _weights, layer, pooling = args[:4]
         state["_build_args"] = tuple(args)
-        config = state["data_config_"] = DataConfig(**{
-            k: tuple(v) if isinstance(v, list) else v for k, v in state["data_config_"].items()
-        })
+        config = state["data_config_"] = _data_config(state["data_config_"])
         arrays = state["_backbone"]
         record = tuple(layer) if isinstance(layer, list) else layer
         module = rebuild_embedder(backbone, state["weights_sha256_"] is not None or state["weights_"] is not None,
@@ -400,7 +403,6 @@ def restore_finetuner(net, state: dict) -> None:
     from skorch.history import History
 
     from ._head import FineTuneNetwork, build_head
-    from ._preprocess import DataConfig
 
     _check_version(state)
     state = dict(state)
@@ -419,7 +421,7 @@ def restore_finetuner(net, state: dict) -> None:
     net._initialize_virtual_params()
     if not initialized:
         return
-    net.data_config_ = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["data_config_"].items()})
+    net.data_config_ = _data_config(state["data_config_"])
     dtype = state.get("autocast_dtype_")
     net.autocast_dtype_ = None if dtype is None else getattr(torch, dtype)
     net.history_ = History(state["history_"] or [])
