@@ -342,10 +342,8 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
         return featurizer_state(self, super().__getstate__())  # data: see _state.py
 
     def __setstate__(self, state):
-        if is_data_state(state):
+        if is_data_state(state):  # else a pickle of sklearn_tl 0.1, holding the module itself
             state = restore_featurizer(self, state)
-        else:  # a pickle of sklearn_tl 0.1: the module itself
-            state = dict(state)
         super().__setstate__(state)
         if "_build_args" in self.__dict__:
             self._compiled = {}
