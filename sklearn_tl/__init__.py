@@ -40,6 +40,8 @@ _PUBLIC = {
     "load_model": "_persistence",
     "save_model": "_persistence",
     "DataConfig": "_preprocess",
+    "SafeFormatError": "_state",
+    "skops_trusted_types": "_state",
     "WeightsNotFoundError": "_weights",
     "weights_search_dirs": "_weights",
 }

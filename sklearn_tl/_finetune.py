@@ -60,6 +60,7 @@ from ._model import (
 )
 from ._probe import fit_head
 from ._sources import source_for
+from ._state import finetuner_state, is_data_state, restore_finetuner
 from ._onnx import BACKENDS, _signature, resolve_backend
 from ._preprocess import ImageTransform, tta_views
 
@@ -488,11 +489,19 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         "cache": None,
     }
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
+    def __getstate__(self):
+        return finetuner_state(self, vars(self))  # data: see _state.py
+
     def __setstate__(self, state):
         for name, value in self._DEFAULTS_OF_OLDER_FILES.items():
             state.setdefault(name, value)
         if state.get("initialized_"):
             state.setdefault("layer_", None)
+        if is_data_state(state):
+            restore_finetuner(self, state)
+            return
         super().__setstate__(state)
 
     def __setattr__(self, name, value):
