@@ -85,14 +85,10 @@ class PhaseCosineLR(Callback):
 
     BASE_KEY = "sklearn_tl_base_lr"
 
-    def __init__(self, warmup_fraction=0.1, final_factor=0.01, phase_epochs=0, min_steps=0, prefix="embedder.",
-                 rule="warmup"):
+    def __init__(self, warmup_fraction=0.1, final_factor=0.01, phase_epochs=0):
         self.warmup_fraction = warmup_fraction
         self.final_factor = final_factor
         self.phase_epochs = phase_epochs
-        self.min_steps = min_steps
-        self.prefix = prefix
-        self.rule = rule
 
     def _groups(self, net):
         for name in net._optimizers:
@@ -103,8 +99,6 @@ class PhaseCosineLR(Callback):
         self.last_epoch_ = self.first_epoch_ + net.max_epochs - 1
         for group in self._groups(net):
             group.setdefault(self.BASE_KEY, group["lr"])
-        slow = {id(p) for n, p in unwrapped_module(net).named_parameters() if n.startswith(self.prefix)}
-        self.slow_groups_ = [any(id(p) in slow for p in g["params"]) for g in self._groups(net)]
 
     def on_epoch_begin(self, net, dataset_train=None, **kwargs):
         epoch = len(net.history)
@@ -118,9 +112,8 @@ class PhaseCosineLR(Callback):
         self.steps_ = (end - start + 1) * per_epoch
         self.step_ = (epoch - start) * per_epoch
 
-    def factor(self, step: int, total: int, min_warmup: int = 0) -> float:
+    def factor(self, step: int, total: int) -> float:
         warmup = int(round(self.warmup_fraction * total)) if self.warmup_fraction > 0 else 0
-        warmup = max(warmup, min_warmup)
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup + 1) / max(1, total - warmup))  # the last step ends at final_factor
@@ -130,13 +123,9 @@ class PhaseCosineLR(Callback):
         if not training:
             return
         scale = self.factor(self.step_, self.steps_)
-        if self.rule == "warmup":
-            slow_scale = self.factor(self.step_, self.steps_, self.min_steps)
-        else:
-            slow_scale = scale * min(1.0, self.steps_ / max(1, self.min_steps)) ** (2 if self.rule == "scale2" else 1)
         self.step_ += 1
-        for group, slow in zip(self._groups(net), self.slow_groups_):
-            group["lr"] = group[self.BASE_KEY] * (slow_scale if slow else scale)
+        for group in self._groups(net):
+            group["lr"] = group[self.BASE_KEY] * scale
 
     def on_epoch_end(self, net, **kwargs):
         net.history.record("lr", list(self._groups(net))[-1]["lr"])  # the head's group
@@ -202,7 +191,9 @@ class KeepBestEpoch(Callback):
 
 
 def valid_accuracy(net, X, y):
-    """Accuracy on the encoded validation targets (works with skorch's caching)."""
+    """Accuracy on the encoded validation targets, subset accuracy for multilabel ones (works with skorch's caching)."""
     logits = net.forward(X)
     y = np.asarray(y if not isinstance(y, torch.Tensor) else y.cpu().numpy())
+    if y.ndim == 2:  # multilabel: the share of images with every label right (sklearn's accuracy_score)
+        return float(np.mean(((logits > 0).cpu().numpy() == (y > 0.5)).all(axis=1)))
     return float(np.mean(logits.argmax(1).cpu().numpy() == y.reshape(-1)))
