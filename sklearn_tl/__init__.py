@@ -1,8 +1,8 @@
 """sklearn_tl: transfer learning for images with scikit-learn estimators.
 
 ``PretrainedCNNFeaturizer`` turns images into embeddings of a pretrained CNN
-inside any scikit-learn Pipeline; ``FineTuneClassifier`` tunes the network on
-your labels (skorch).
+inside any scikit-learn Pipeline; ``FineTuneClassifier`` and
+``FineTuneRegressor`` tune the network on your labels or targets (skorch).
 """
 
 from ._backbones import BackboneSpec, get_backbone_spec, list_backbones, register_backbone
@@ -14,6 +14,7 @@ from ._engine import ImageReadWarning
 from ._export import export_onnx
 from ._featurizer import PretrainedCNNFeaturizer
 from ._finetune import FineTuneClassifier
+from ._finetune_regressor import FineTuneRegressor
 from ._images import ImageReadError
 from ._onnx import OnnxFallbackWarning
 from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
@@ -28,6 +29,7 @@ __all__ = [
     "EmbeddingCache",
     "EmbeddingCacheWarning",
     "FineTuneClassifier",
+    "FineTuneRegressor",
     "FreezeSchedule",
     "IMAGE_EXTENSIONS",
     "ImageReadError",
