@@ -101,9 +101,9 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
         if classes is not None:
             raise ValueError("classes does not apply to a regressor.")
+        if np.ndim(y) not in (1, 2):
+            raise ValueError(f"y must be 1-D or 2-D (one column per target); got shape {np.shape(y)}.")
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
-        if y.ndim not in (1, 2):
-            raise ValueError(f"y must be 1-D or 2-D (one column per target); got shape {y.shape}.")
         if y.shape[0] == 0:
             raise ValueError("y is empty: at least one image with a target is required.")
         n_outputs = 1 if y.ndim == 1 else y.shape[1]
