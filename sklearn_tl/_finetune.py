@@ -104,7 +104,8 @@ class FineTuneClassifier(FineTuneBase, NeuralNetClassifier):
     ----------
     classes_ : ndarray of shape (n_classes,)
         The labels, in the order of the network's outputs; with a multilabel
-        ``y``, the label columns ``0 .. n_labels - 1`` (as ``MLPClassifier``).
+        ``y``, the label columns ``0 .. n_labels - 1`` (as ``MLPClassifier``),
+        or the names given as ``classes`` (one per column).
     multilabel_ : bool
         Whether ``y`` was a multilabel indicator matrix.
     pos_weight_ : ndarray of shape (n_labels,) or None
@@ -209,8 +210,12 @@ class FineTuneClassifier(FineTuneBase, NeuralNetClassifier):
                 f"type_of_target(y) = {type_of_target(y)!r}. For several label columns of other values, "
                 f"wrap a featurizer pipeline in MultiOutputClassifier."
             )
-        if self.classes is not None or classes is not None:
-            raise ValueError("classes does not apply to a multilabel y: its columns are the labels.")
+        if classes is not None:
+            raise ValueError("partial_fit's classes does not apply to a multilabel y: its columns are the labels.")
+        if self.classes is not None and len(self.classes) != y.shape[1]:
+            raise ValueError(
+                f"With a multilabel y, classes names its {y.shape[1]} columns; got {len(self.classes)} names."
+            )
         if not reset and (not getattr(self, "multilabel_", False) or y.shape[1] != len(self.classes_)):
             raise ValueError(f"y has {y.shape[1]} label columns; this model was fitted on {len(self.classes_)}.")
         return y

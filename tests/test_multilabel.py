@@ -162,8 +162,12 @@ class TestErrors:
 
     def test_classes_columns_and_shape_mismatches(self, tagged):
         X, Y = tagged
-        with pytest.raises(ValueError, match="classes does not apply to a multilabel y"):
-            tiny(classes=[0, 1, 2]).fit(X, Y)
+        with pytest.raises(ValueError, match="classes names its 3 columns; got 2 names"):
+            tiny(classes=["bright", "red"]).fit(X, Y)
+        with pytest.raises(ValueError, match="partial_fit's classes does not apply to a multilabel y"):
+            tiny().partial_fit(X, Y, classes=[0, 1])
+        named = tiny(max_epochs=0, classes=["bright", "red", "horizontal"]).fit(X, Y)
+        assert named.classes_.tolist() == ["bright", "red", "horizontal"] and named.predict(X).shape == (24, 3)
         clf = tiny(max_epochs=1).fit(X, Y)
         with pytest.raises(ValueError, match="y has 4 label columns; this model was fitted on 3"):
             clf.set_params(warm_start=True).fit(X, np.tile([[0, 1, 1, 0]], (24, 1)))
@@ -173,3 +177,54 @@ class TestErrors:
             tiny().fit(X, Y[:23])
         with pytest.raises(ValueError, match="label columns 0..2"):
             tiny(class_weight={"cat": 2.0}).fit(X, Y)
+
+
+class TestCommandLine:
+    def test_train_with_a_labels_csv_then_predict(self, sample_photos, tmp_path, capsys):
+        from PIL import Image
+
+        from sklearn_tl.cli import main
+
+        rng = np.random.default_rng(0)
+        names = ("china", "flower")
+        rows = ["path,labels"]
+        for i in range(12):
+            tile = np.full((48, 48, 3), 128, np.uint8)  # grey where no photo is drawn
+            present = [name for name in names if rng.random() < 0.6] or ["china"]
+            for quadrant, name in enumerate(present):
+                photo = sample_photos[names.index(name)]
+                top, left = rng.integers(0, 400, 2)
+                tile[24 * quadrant : 24 * quadrant + 24, :24] = photo[top : top + 24, left : left + 24]
+            Image.fromarray(tile).save(tmp_path / f"tile{i}.png")
+            rows.append(f"tile{i}.png,{';'.join(present)}")
+        (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+        model = tmp_path / "tagger.joblib"
+        assert main([
+            "train", "--labels", str(tmp_path / "labels.csv"), "--mode", "hybrid", "--weights", "none",
+            "--image-size", "32", "--max-epochs", "1", "--cv", "2", "-o", str(model),
+            "--report", str(tmp_path / "report.html"), "-q",
+        ]) == 0
+        out = capsys.readouterr().out
+        assert "12 images, 2 labels: china (" in out and "cross-validated samples-F1" in out
+        assert "precision" in out and "recall" in out  # per-label, in place of the confusion matrix
+        page = (tmp_path / "report.html").read_text()
+        assert "Per-label precision, recall and F1" in page and "tile" in page
+        assert main(["predict", str(model), str(tmp_path / "tile0.png"), str(tmp_path / "tile1.png"),
+                     "--csv", str(tmp_path / "out.csv"), "-q"]) == 0
+        lines = (tmp_path / "out.csv").read_text().splitlines()
+        assert lines[0].startswith("path,label,probability,p_china,p_flower")
+        assert all(set(line.split(",")[1].split(";")) <= {"china", "flower", ""} for line in lines[1:])
+
+    def test_bad_labels_files(self, tmp_path):
+        from sklearn_tl._training import load_labelled_csv
+
+        (tmp_path / "a.png").write_bytes(b"")
+        (tmp_path / "no_header.csv").write_text("a.png;cat\n")
+        with pytest.raises(ValueError, match="columns 'path' and 'labels'"):
+            load_labelled_csv(tmp_path / "no_header.csv")
+        (tmp_path / "missing.csv").write_text("path,labels\na.png,cat;dog\nb.png,cat\n")
+        with pytest.raises(FileNotFoundError, match="line 3: image 'b.png' does not exist"):
+            load_labelled_csv(tmp_path / "missing.csv")
+        (tmp_path / "one.csv").write_text("path,labels\na.png,cat\n")
+        with pytest.raises(ValueError, match="names 1 label"):
+            load_labelled_csv(tmp_path / "one.csv")
