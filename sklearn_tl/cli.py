@@ -243,7 +243,7 @@ def _cmd_train(args) -> int:
     n_splits = n_folds(data, args.cv)
     names = data.class_names
     kind = "labels" if data.multilabel else "classes"
-    print(f"{len(data.paths)} images, {len(names)} {kind}: "
+    print(f"{len(data.paths)} images {'with' if data.multilabel else 'in'} {len(names)} {kind}: "
           + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts)))
     if args.mode != "features":
         try:

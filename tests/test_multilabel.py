@@ -205,7 +205,7 @@ class TestCommandLine:
             "--report", str(tmp_path / "report.html"), "-q",
         ]) == 0
         out = capsys.readouterr().out
-        assert "12 images, 2 labels: china (" in out and "cross-validated samples-F1" in out
+        assert "12 images with 2 labels: china (" in out and "cross-validated samples-F1" in out
         assert "precision" in out and "recall" in out  # per-label, in place of the confusion matrix
         page = (tmp_path / "report.html").read_text()
         assert "Per-label precision, recall and F1" in page and "tile" in page
