@@ -157,3 +157,68 @@ class TestErrors:
             reg.partial_fit(X, np.stack([y, y], 1))
         with pytest.raises(ValueError, match="alpha"):
             tiny_regressor(alpha=-1.0).fit(X, y)
+
+
+# sklearn's common checks feed random 2-D numeric data; an image model needs images in [0, 1].
+NOT_IMAGES = "sklearn's check data are arbitrary 2-D floats (negative, above 1), not images; covered by "
+COVERED = "tests/test_regressor.py::"
+SKORCH = "skorch's NeuralNet design: "
+FINETUNE = "tests/test_finetune.py::"  # the machinery the regressor shares with the classifier
+SHAPES = COVERED + "TestOutputs::test_shapes_types_and_score"
+INPUT = FINETUNE + "TestFitPredict::test_integer_labels_and_input_formats (the shared input path)"
+WEIGHTS = COVERED + "TestHeadFit::test_sample_weight_zero_is_leaving_the_image_out"
+EXPECTED_FAILED_CHECKS = {
+    "check_no_attributes_set_in_init": SKORCH + "__init__ sets history_, initialized_ and virtual_params_",
+    "check_dict_unchanged": NOT_IMAGES + SHAPES,
+    "check_dont_overwrite_parameters": NOT_IMAGES + FINETUNE + "TestFitPredict::test_user_backbone_is_not_modified",
+    "check_dtype_object": NOT_IMAGES + "object arrays are paths; tests/test_featurizer.py (shared input path)",
+    "check_estimators_dtypes": NOT_IMAGES + INPUT,
+    "check_f_contiguous_array_estimator": NOT_IMAGES + INPUT,
+    "check_readonly_memmap_input": NOT_IMAGES + INPUT,
+    "check_regressor_data_not_an_array": NOT_IMAGES + INPUT,
+    "check_fit2d_1feature": NOT_IMAGES + INPUT,
+    "check_fit2d_predict1d": NOT_IMAGES + INPUT,
+    "check_fit2d_1sample": NOT_IMAGES + "one image is valid input; " + INPUT,
+    "check_n_features_in": NOT_IMAGES + "n_features_in_ is set for flattened images only; " + INPUT,
+    "check_n_features_in_after_fitting": NOT_IMAGES + INPUT,
+    "check_transformer_data_not_an_array": NOT_IMAGES + INPUT,
+    "check_estimators_nan_inf": NOT_IMAGES + "NaN/inf images are refused by the shared input path; tests/test_images.py",
+    "check_positive_only_tag_during_fit": NOT_IMAGES
+    + "negative values are refused by the shared input path; tests/test_images.py",
+    "check_estimators_fit_returns_self": NOT_IMAGES + SHAPES,
+    "check_fit_score_takes_y": NOT_IMAGES + SHAPES,
+    "check_regressors_train": NOT_IMAGES + COVERED + "TestOutputs::test_it_learns_the_target",
+    "check_regressors_int": NOT_IMAGES + COVERED + "TestOutputs::test_standardisation_is_restored_exactly",
+    "check_regressors_no_decision_function": NOT_IMAGES + SHAPES,
+    "check_regressor_multioutput": NOT_IMAGES + SHAPES,
+    "check_supervised_y_2d": NOT_IMAGES + SHAPES,
+    "check_methods_sample_order_invariance": NOT_IMAGES + SHAPES,
+    "check_methods_subset_invariance": NOT_IMAGES + SHAPES,
+    "check_estimators_overwrite_params": NOT_IMAGES + FINETUNE + "TestSklearnBehaviour::test_clone_and_params",
+    "check_estimators_partial_fit_n_features": NOT_IMAGES
+    + COVERED + "TestSklearn::test_partial_fit_keeps_the_first_scale_and_early_stopping",
+    "check_estimators_pickle": NOT_IMAGES + COVERED + "TestOutputs::test_other_criterion_pickle_and_lr_find",
+    "check_fit_check_is_fitted": NOT_IMAGES + FINETUNE + "TestErrors::test_bad_params_and_unfitted",
+    "check_fit_idempotent": NOT_IMAGES + COVERED + "TestOutputs::test_standardisation_is_restored_exactly",
+    "check_pipeline_consistency": NOT_IMAGES + COVERED + "TestOutputs::test_hybrid_with_any_regressor",
+    "check_transformer_general": NOT_IMAGES
+    + FINETUNE + "TestHybrid::test_transform_frozen_equals_featurizer_and_tuned_differs",
+    "check_transformer_preserve_dtypes": NOT_IMAGES
+    + FINETUNE + "TestHybrid::test_transform_frozen_equals_featurizer_and_tuned_differs",
+    "check_sample_weight_equivalence_on_dense_data": NOT_IMAGES + WEIGHTS,
+    "check_sample_weights_list": NOT_IMAGES + WEIGHTS,
+    "check_sample_weights_not_an_array": NOT_IMAGES + WEIGHTS,
+    "check_sample_weights_not_overwritten": NOT_IMAGES + WEIGHTS,
+    "check_sample_weights_pandas_series": NOT_IMAGES + WEIGHTS,
+    "check_sample_weights_shape": NOT_IMAGES + WEIGHTS,
+}
+
+
+@parametrize_with_checks(
+    [FineTuneRegressor(tiny_backbone(), weights=None, image_size=8, image_shape=(2, 2), max_epochs=1, random_state=0)],
+    expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
