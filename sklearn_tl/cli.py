@@ -546,9 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="write a saved featurizer pipeline as one ONNX file that runs without torch",
-        description="Convert MODEL (featurizer + the scikit-learn steps after it) into OUTPUT, one ONNX "
-        "file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
+        help="write a saved featurizer pipeline or fine-tuner as one ONNX file that runs without torch",
+        description="Convert MODEL (featurizer + the scikit-learn steps after it, or a fine-tuner) into OUTPUT, "
+        "one ONNX file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
         epilog=_examples("sklearn-tl export model.joblib model.onnx"),
         formatter_class=raw,
     )
