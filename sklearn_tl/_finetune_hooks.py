@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import warnings
 
-import numpy as np
 import torch
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_tensor

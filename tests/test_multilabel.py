@@ -79,6 +79,23 @@ class TestOutputs:
         np.testing.assert_array_equal(clf.predict(X), clf.final_estimator_.predict(embeddings))
         assert clf.predict(X).shape == clf.predict_proba(X).shape == (24, 3)
 
+    def test_onnx_export_agrees_with_torch(self, tagged, tmp_path):
+        import onnxruntime
+
+        from sklearn_tl import export_onnx
+        from sklearn_tl.onnx_images import prepare_images, preprocessing_of
+
+        X, Y = tagged
+        clf = tiny(max_epochs=1, backend="torch", threshold=0.4).fit(X, Y)
+        export_onnx(clf, tmp_path / "tagger.onnx")
+        session = onnxruntime.InferenceSession(str(tmp_path / "tagger.onnx"), providers=["CPUExecutionProvider"])
+        exact = X[:, : clf.data_config_.resize_size, : clf.data_config_.resize_size]  # no resize: the same pixels
+        label, proba = session.run(["label", "probabilities"],
+                                   {"images": prepare_images(list(exact), **preprocessing_of(session))})
+        np.testing.assert_allclose(proba, clf.predict_proba(exact), atol=1e-4)
+        assert label.dtype == np.int64 and label.shape == (24, 3)
+        np.testing.assert_array_equal(label, clf.predict(exact))
+
     def test_pickle_round_trip(self, tagged):
         X, Y = tagged
         clf = tiny(max_epochs=1).fit(X, Y)

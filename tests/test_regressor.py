@@ -93,6 +93,22 @@ class TestOutputs:
         assert isinstance(result, LRFinderResult) and len(result.lrs) >= 2
 
 
+def test_onnx_export_agrees_with_torch(dimmed, tmp_path):
+    import onnxruntime
+
+    from sklearn_tl import export_onnx
+    from sklearn_tl.onnx_images import prepare_images, preprocessing_of
+
+    X, y = dimmed
+    reg = tiny_regressor(max_epochs=1).fit(X, np.stack([y, 100 + 10 * y], axis=1))
+    export_onnx(reg, tmp_path / "reg.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "reg.onnx"), providers=["CPUExecutionProvider"])
+    exact = X[:, : reg.data_config_.resize_size, : reg.data_config_.resize_size]  # no resize: the same pixels
+    (variable,) = session.run(None, {"images": prepare_images(list(exact), **preprocessing_of(session))})
+    assert [o.name for o in session.get_outputs()] == ["variable"] and variable.shape == (24, 2)
+    np.testing.assert_allclose(variable, reg.predict(exact), rtol=1e-5, atol=1e-4)  # in the units of y
+
+
 class TestHeadFit:
     def test_head_fit_is_ridge_on_the_frozen_embeddings(self, dimmed):
         X, y = dimmed
