@@ -406,6 +406,7 @@ def compare_targets(args, name, data):
     rows["raw pixels"] = timed(head, flat(X_train), flat(X_test))
     rows["linear probe"] = timed(lambda: make_pipeline(PretrainedCNNFeaturizer("mobilenet_v2", **common), head()),
                                  X_train, X_test)
+    print(name, "raw pixels", rows["raw pixels"], "linear probe", rows["linear probe"], flush=True)
     variants = {f"{tuner.__name__}() defaults": {}, **args.variant}
     for label, params in variants.items():
         runs = [
