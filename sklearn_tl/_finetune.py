@@ -141,6 +141,8 @@ class FineTuneClassifier(FineTuneBase, NeuralNetClassifier):
     }
     _DEFAULTS_OF_OLDER_FILES = {**FineTuneBase._DEFAULTS_OF_OLDER_FILES, "class_weight": None, "threshold": 0.5}
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
     def __init__(
         self,
         backbone="mobilenet_v2",

@@ -90,6 +90,8 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
         "alpha": [Interval(Real, 0, None, closed="left")],
     }
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
     def __init__(self, backbone="mobilenet_v2", *, alpha=1.0, criterion=nn.MSELoss, **kwargs):
         self.alpha = alpha
         super().__init__(backbone, criterion=criterion, **kwargs)
