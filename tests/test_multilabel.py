@@ -96,6 +96,19 @@ class TestOutputs:
         assert label.dtype == np.int64 and label.shape == (24, 3)
         np.testing.assert_array_equal(label, clf.predict(exact))
 
+    def test_skops_file_round_trip_as_data(self, tagged, tmp_path):
+        from sklearn_tl import FineTuneClassifier, load_model, save_model
+
+        X, Y = tagged
+        clf = FineTuneClassifier("mobilenet_v3_small", weights=None, image_size=32, max_epochs=1, random_state=0,
+                                 backend="torch", class_weight="balanced", threshold=0.3).fit(X, Y)
+        save_model(clf, tmp_path / "tagger.skops")
+        loaded = load_model(tmp_path / "tagger.skops")
+        assert loaded.multilabel_ and loaded.threshold == 0.3
+        np.testing.assert_array_equal(loaded.criterion_.pos_weight.cpu().numpy(), clf.pos_weight_)
+        np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+        np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+
     def test_pickle_round_trip(self, tagged):
         X, Y = tagged
         clf = tiny(max_epochs=1).fit(X, Y)

@@ -238,3 +238,19 @@ def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+def test_skops_file_round_trip_as_data(dimmed, tmp_path):
+    import skops.io
+
+    from sklearn_tl import load_model, save_model, skops_trusted_types
+
+    X, y = dimmed
+    reg = FineTuneRegressor("mobilenet_v3_small", weights=None, image_size=32, max_epochs=1, random_state=0,
+                            backend="torch").fit(X, np.stack([y, 3 * y], 1))
+    save_model(reg, tmp_path / "reg.skops")
+    assert set(skops.io.get_untrusted_types(file=tmp_path / "reg.skops")) <= set(skops_trusted_types())
+    loaded = load_model(tmp_path / "reg.skops")
+    assert type(loaded) is FineTuneRegressor and loaded.n_outputs_ == 2
+    np.testing.assert_array_equal(loaded.target_mean_, reg.target_mean_)
+    np.testing.assert_allclose(loaded.predict(X), reg.predict(X), rtol=1e-6)
