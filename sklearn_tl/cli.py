@@ -222,7 +222,7 @@ def _format_confusion(matrix, names) -> str:
 
 def _cmd_train(args) -> int:
     output = Path(args.output)
-    _check_output(output, (".joblib", ".pkl"))
+    _check_output(output, (".joblib", ".pkl", ".skops"))
     if args.report is not None:
         _check_output(Path(args.report), (".html", ".htm", ".png"))
         if args.cv == 0:
@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "sklearn-tl demo",
             "sklearn-tl backbones --include 'resnet*'",
-            "sklearn-tl train photos/ -o model.joblib --report report.html",
-            "sklearn-tl predict model.joblib new/*.jpg",
+            "sklearn-tl train photos/ -o model.skops --report report.html",
+            "sklearn-tl predict model.skops new/*.jpg",
             "sklearn-tl <command> --help",
         ),
         formatter_class=raw,
@@ -495,17 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
         "and confusion matrix, then fit on all images and save the model. Modes: 'features' "
         "(frozen CNN embeddings -> StandardScaler -> LogisticRegression, each image embedded once), "
         "'finetune' (tune the network, FineTuneClassifier) and 'hybrid' (tune, then fit the "
-        "logistic regression on the tuned embeddings). The model file is a joblib pickle: load "
-        "only files you trust.",
+        "logistic regression on the tuned embeddings). A .skops file (the default) loads without "
+        "running code; a .joblib or .pkl file is a pickle: load only files you trust.",
         epilog=_examples(
-            "sklearn-tl train photos/ -o model.joblib",
-            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.joblib",
-            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.joblib --report report.png",
+            "sklearn-tl train photos/ -o model.skops",
+            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.skops",
+            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.skops --report report.png",
         ),
         formatter_class=raw,
     )
     train.add_argument("folder", metavar="DIR", help="folder with one sub-folder of images per class")
-    train.add_argument("-o", "--output", default="model.joblib", help="model file (default: model.joblib)")
+    train.add_argument("-o", "--output", default="model.skops",
+                       help="model file: .skops (safe, the default: model.skops), .joblib or .pkl (pickle)")
     train.add_argument("--mode", choices=["features", "finetune", "hybrid"], default="features",
                        help="(default: features)")
     _add_backbone_args(train)
@@ -534,11 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict labels of images with a saved model",
         description="Print path, label and probability (tab-separated) for each image, or write a CSV "
-        "with one probability column per class. Inputs as for featurize. The model file is a "
-        "joblib pickle, which can run code when loaded: load only files you trust.",
+        "with one probability column per class. Inputs as for featurize. A .skops model file "
+        "loads without running code (only sklearn_tl's own types are trusted); a .joblib file is a "
+        "pickle, which can run code when loaded: load only files you trust.",
         epilog=_examples(
-            "sklearn-tl predict model.joblib new/*.jpg",
-            "sklearn-tl predict model.joblib new/ --csv predictions.csv",
+            "sklearn-tl predict model.skops new/*.jpg",
+            "sklearn-tl predict model.skops new/ --csv predictions.csv",
         ),
         formatter_class=raw,
     )
@@ -555,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a saved featurizer pipeline or fine-tuner as one ONNX file that runs without torch",
         description="Convert MODEL (featurizer + the scikit-learn steps after it, or a fine-tuner) into OUTPUT, "
         "one ONNX file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
-        epilog=_examples("sklearn-tl export model.joblib model.onnx"),
+        epilog=_examples("sklearn-tl export model.skops model.onnx"),
         formatter_class=raw,
     )
     export.add_argument("model", help="a model file written by `sklearn-tl train` or save_model")
