@@ -26,13 +26,23 @@
    row is the mean over ``--seeds`` random states. Backbone: MobileNetV2 with
    the real ImageNet weights (offline file), on this machine's device.
 
-2. ``--overhead``: time per epoch of ``FineTuneClassifier`` against a plain
+2. ``--epochs-list 1,2,3,5,10``: at each training budget, test accuracy of
+   the fine-tuner's own probe head (``max_epochs=0``: the LP-FT head fit
+   alone), of the last epoch's weights (scored at the end of the fit, before
+   ``KeepBestEpoch`` restores any) and of the weights kept (with
+   ``--train-split``: the best of {probe head, each epoch} on the validation
+   split; without, the last epoch), and which epoch was kept. ``digits300/1`` and ``digits300/2`` are the two folds of
+   300 digits with ``cv=2`` (150 train / 150 test each).
+
+3. ``--overhead``: time per epoch of ``FineTuneClassifier`` against a plain
    hand-written PyTorch loop of the same model (MobileNetV2 trunk + linear
    head, channels last, AdamW) on the digits, the same batch size, full
    fine-tuning with no validation split. Single epochs alternate so machine
    noise hits both alike; the median per-pair ratio.
 
     python benchmarks/bench_finetune.py --write benchmarks/RESULTS_finetune.md
+    python benchmarks/bench_finetune.py --epochs-list 1,2,3,5,10 \
+        --datasets digits300/1,digits300/2,digits,textures,photos
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ import time
 import numpy as np
 import torch
 from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
+from skorch.callbacks import Callback
+from skorch.dataset import ValidSplit
 from sklearn.datasets import load_digits, load_sample_images
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -121,7 +133,14 @@ DATASETS = {
     "photos": photos,
     "faces": faces,
     "digits240": lambda: digits(240, 120),  # the small-budget case (README: "A limit")
+    "digits300/1": lambda: digits(150, 150),  # 300 digits, cv=2: the first fold
+    "digits300/2": lambda: _swap(digits(150, 150)),  # and the second
 }
+
+
+def _swap(data):
+    X_train, y_train, X_test, y_test = data
+    return X_test, y_test, X_train, y_train
 DEFAULT_DATASETS = ("digits", "textures", "photos")  # faces: 60 test images, too few to resolve 1 point
 
 
@@ -193,6 +212,70 @@ def recipe_table(args, results) -> list[str]:
         + ". ± is half the range over the seeds.",
         "",
     ]
+    return lines
+
+
+class LastEpochScore(Callback):
+    """Test accuracy of the last epoch's weights, before ``KeepBestEpoch`` (which runs earlier) restores any."""
+
+    def __init__(self, X_test, y_test):
+        self.X_test, self.y_test = X_test, y_test
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == net.max_epochs:
+            self.score_ = float(np.mean(net.predict(self.X_test) == self.y_test))
+
+
+def budgets(args, name, data):
+    """Probe head, last epoch and kept epoch at each budget of ``--epochs-list``, mean over the seeds.
+
+    One fit per budget and seed gives both: the last epoch's test accuracy is
+    taken at its end, before the best epoch's weights are restored (the
+    scoring does not change the training: same seed, same steps).
+    """
+    common = dict(weights=WEIGHTS, image_size=args.image_size, backend="torch")
+    runs = {"probe": [], **{e: {"last": [], "kept": [], "best_epoch": [], "time": []} for e in args.epochs_list}}
+    for seed in range(args.seeds):
+        make = lambda **p: FineTuneClassifier("mobilenet_v2", random_state=seed, **common, **p)  # noqa: E731
+        runs["probe"].append(make(max_epochs=0).fit(*data[:2]).score(*data[2:]))
+        for epochs in args.epochs_list:
+            last = LastEpochScore(*data[2:])
+            start = time.perf_counter()
+            split = {} if not args.train_split else dict(
+                train_split=ValidSplit(args.train_split, stratified=True, random_state=seed))
+            kept = make(max_epochs=epochs, callbacks=[("last_epoch_score", last)], **split).fit(*data[:2])
+            runs[epochs]["time"].append(time.perf_counter() - start)
+            runs[epochs]["last"].append(last.score_)
+            runs[epochs]["kept"].append(kept.score(*data[2:]))
+            runs[epochs]["best_epoch"].append(kept.best_epoch_)
+            print(name, seed, epochs, runs["probe"][-1], runs[epochs]["last"][-1], runs[epochs]["kept"][-1],
+                  kept.best_epoch_, flush=True)
+    return runs, (len(data[0]), len(data[2]), len(np.unique(data[1])))
+
+
+def budget_table(args, results) -> list[str]:
+    held_out = f", `train_split=ValidSplit({args.train_split}, stratified=True)`" if args.train_split else ""
+    lines = [
+        f"### Test accuracy at each budget: {args.image_size} px, mean of {args.seeds} seeds{held_out}",
+        "",
+        "| dataset | max_epochs | probe head (max_epochs=0) | last epoch "
+        "| kept by `keep_best` | kept − probe (points) | epoch kept (per seed) | fit time (s) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    worst = []
+    for name, (runs, sizes) in results.items():
+        probe = float(np.mean(runs["probe"]))
+        for epochs in args.epochs_list:
+            row = runs[epochs]
+            kept, last = float(np.mean(row["kept"])), float(np.mean(row["last"]))
+            worst.append(100 * (kept - probe))
+            lines.append(
+                f"| {name} ({sizes[0]} train / {sizes[1]} test) | {epochs} | {probe:.3f} | {last:.3f} | {kept:.3f} "
+                f"| {100 * (kept - probe):+.1f} | {', '.join(map(str, row['best_epoch']))} "
+                f"| {np.mean(row['time']):.0f} |"
+            )
+    lines += ["", f"Smallest kept − probe: {min(worst):+.1f} points. Without --train-split nothing is held out "
+              "and the last epoch is kept.", ""]
     return lines
 
 
@@ -274,7 +357,9 @@ def report(args, results, timing, device) -> str:
         "batch size 32 (CPU default).",
         "",
     ]
-    if results:
+    if results and args.epochs_list:
+        lines += budget_table(args, results)
+    elif results:
         lines += recipe_table(args, results)
     if timing is not None:
         lines += timing_table(args, timing)
@@ -310,6 +395,10 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs-list", default=None, type=lambda t: [int(e) for e in t.split(",")],
+                        help="comma-separated max_epochs: probe head vs last vs kept epoch at each budget")
+    parser.add_argument("--train-split", type=float, default=None,
+                        help="with --epochs-list: fine-tune with a stratified validation split of this fraction")
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     parser.add_argument("--overhead", action="store_true", help="also time epochs against a plain PyTorch loop")
     parser.add_argument("--variant", action="append", default=[], type=_variant, metavar='NAME=JSON',
@@ -323,7 +412,8 @@ def main(argv=None):
     args.variant = dict(args.variant)
     args.command = " ".join(a for a in (argv or __import__("sys").argv[1:]))
     device = resolve_device("auto")
-    results = {name: compare(args, name, DATASETS[name]()) for name in args.datasets.split(",") if name}
+    run = budgets if args.epochs_list else compare
+    results = {name: run(args, name, DATASETS[name]()) for name in args.datasets.split(",") if name}
     timing = overhead(args, digits(800, 0), device) if args.overhead else None
     emit(report(args, results, timing, device), args.write)
 

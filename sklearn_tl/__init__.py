@@ -3,50 +3,60 @@
 ``PretrainedCNNFeaturizer`` turns images into embeddings of a pretrained CNN
 inside any scikit-learn Pipeline; ``FineTuneClassifier`` tunes the network on
 your labels (skorch).
+
+The public names are imported on first use (PEP 562), so ``import sklearn_tl``
+and ``sklearn-tl --help`` load neither torch nor scikit-learn;
+``from sklearn_tl import X`` works as usual.
 """
 
-from ._backbones import BackboneSpec, get_backbone_spec, list_backbones, register_backbone
-from ._cache import EmbeddingCache, EmbeddingCacheWarning
-from ._callbacks import FreezeSchedule, PhaseCosineLR
-from ._dask import featurize_dask
-from ._datasets import IMAGE_EXTENSIONS, load_image_folder, load_textures
-from ._engine import ImageReadWarning
-from ._export import export_onnx
-from ._featurizer import PretrainedCNNFeaturizer
-from ._finetune import FineTuneClassifier
-from ._images import ImageReadError
-from ._onnx import OnnxFallbackWarning
-from ._persistence import ModelFileError, ModelVersionWarning, load_model, save_model
-from ._preprocess import DataConfig
-from ._weights import WeightsNotFoundError, weights_search_dirs
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackboneSpec",
-    "DataConfig",
-    "EmbeddingCache",
-    "EmbeddingCacheWarning",
-    "FineTuneClassifier",
-    "FreezeSchedule",
-    "IMAGE_EXTENSIONS",
-    "ImageReadError",
-    "ImageReadWarning",
-    "ModelFileError",
-    "ModelVersionWarning",
-    "OnnxFallbackWarning",
-    "PhaseCosineLR",
-    "PretrainedCNNFeaturizer",
-    "WeightsNotFoundError",
-    "__version__",
-    "export_onnx",
-    "featurize_dask",
-    "get_backbone_spec",
-    "list_backbones",
-    "load_image_folder",
-    "load_model",
-    "load_textures",
-    "register_backbone",
-    "save_model",
-    "weights_search_dirs",
-]
+# Public name -> the private module defining it: one place to add a name.
+_PUBLIC = {
+    "BackboneSpec": "_backbones",
+    "get_backbone_spec": "_backbones",
+    "list_backbones": "_backbones",
+    "register_backbone": "_backbones",
+    "EmbeddingCache": "_cache",
+    "EmbeddingCacheWarning": "_cache",
+    "FreezeSchedule": "_callbacks",
+    "KeepBestEpoch": "_callbacks",
+    "PhaseCosineLR": "_callbacks",
+    "featurize_dask": "_dask",
+    "IMAGE_EXTENSIONS": "_datasets",
+    "load_image_folder": "_datasets",
+    "load_textures": "_datasets",
+    "ImageReadWarning": "_engine",
+    "export_onnx": "_export",
+    "PretrainedCNNFeaturizer": "_featurizer",
+    "FineTuneClassifier": "_finetune",
+    "ImageReadError": "_images",
+    "LRFinderWarning": "_lr_find",
+    "OnnxFallbackWarning": "_onnx",
+    "ModelFileError": "_persistence",
+    "ModelVersionWarning": "_persistence",
+    "load_model": "_persistence",
+    "save_model": "_persistence",
+    "DataConfig": "_preprocess",
+    "SafeFormatError": "_state",
+    "skops_trusted_types": "_state",
+    "WeightsNotFoundError": "_weights",
+    "weights_search_dirs": "_weights",
+}
+
+__all__ = sorted([*_PUBLIC, "__version__"])
+
+
+def __getattr__(name):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

@@ -22,7 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
 from ._engine import PRECISIONS
-from ._images import as_image_source
+from ._images import as_image_source, short_repr
 from ._model import POOLINGS
 
 __all__ = ["IMAGE_PARAMETER_CONSTRAINTS", "INTERPOLATIONS", "ImageEstimatorMixin", "shared_docs"]
@@ -111,9 +111,9 @@ def shared_docs(cls):
 def _three_numbers(value, name: str, positive: bool = False) -> None:
     values = list(value)
     if len(values) != 3 or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{name} must be 3 numbers, one per RGB channel; got {value!r}.")
+        raise ValueError(f"{name} must be 3 numbers, one per RGB channel; got {short_repr(value)}.")
     if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
-        raise ValueError(f"{name} must be 3 finite numbers{', each > 0' if positive else ''}; got {value!r}.")
+        raise ValueError(f"{name} must be 3 finite numbers{', each > 0' if positive else ''}; got {short_repr(value)}.")
 
 
 def _learned_value_range(X) -> tuple[float, float]:
@@ -129,7 +129,7 @@ def _learned_value_range(X) -> tuple[float, float]:
         if item is None or item.dtype.kind not in "uif" or item.size == 0:
             raise ValueError(
                 "value_range='auto' learns (min, max) from arrays or tensors of numbers; "
-                "X holds other items (paths, PIL images): pass value_range=None or (low, high)."
+                "X holds other items (paths, encoded images, PIL images): pass value_range=None or (low, high)."
             )
         lows.append(float(item.min()))
         highs.append(float(item.max()))
@@ -159,7 +159,7 @@ class ImageEstimatorMixin:
                 or not value_range[0] < value_range[1]
             ):
                 raise ValueError(
-                    f"value_range must be (low, high) with finite low < high, or 'auto'; got {value_range!r}."
+                    f"value_range must be (low, high) with finite low < high, or 'auto'; got {short_repr(value_range)}."
                 )
 
     def _preprocessing(self) -> dict:

@@ -1,9 +1,9 @@
-"""Training callbacks: what trains when, and at which learning rate.
+"""Training callbacks: what trains when, at which learning rate, and which epoch's weights are kept.
 
-Both are ordinary skorch callbacks whose settings are constructor arguments,
+They are ordinary skorch callbacks whose settings are constructor arguments,
 so they work on any skorch net; :class:`~sklearn_tl.FineTuneClassifier`
 creates them from its ``freeze``, ``unfreeze_after`` and ``lr_schedule``
-parameters in ``initialize()``.
+parameters in ``initialize()``, and always adds :class:`KeepBestEpoch`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from skorch.callbacks import Callback
 from torch import nn
 
-__all__ = ["FreezeSchedule", "PhaseCosineLR", "unwrapped_module"]
+__all__ = ["FreezeSchedule", "KeepBestEpoch", "PhaseCosineLR", "unwrapped_module"]
 
 
 def unwrapped_module(net) -> nn.Module:
@@ -129,6 +129,65 @@ class PhaseCosineLR(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         net.history.record("lr", list(self._groups(net))[-1]["lr"])  # the head's group
+
+
+class KeepBestEpoch(Callback):
+    """With a validation split: keep the weights of the best of {the starting point, each epoch}.
+
+    The starting point (epoch 0 of ``fit``: the LP-FT probe head on the
+    pretrained backbone; the weights before the call for ``partial_fit``) is
+    scored on the validation split before the first batch, every epoch by
+    its ``valid_loss``, and the module's parameters and buffers of the best
+    one are kept in memory (never on disk) and loaded back at
+    ``on_train_end``, like skorch's ``Checkpoint(load_best=True)`` with the
+    start as a candidate. So training never ends worse, on the validation
+    images, than where it started. The optimizer's state is not restored.
+
+    Without a validation split (``train_split=None``) it does nothing and the
+    last epoch is kept: scored on the training images themselves, the probe
+    head (fitted to convergence on exactly those images) stays ahead of
+    epochs that generalise far better, and augmented views of them keep
+    epochs far below the probe (both measured: benchmarks/README.md).
+
+    The kept epoch is in ``net.best_epoch_`` (an int: the epoch number in
+    the history, or the number of the last epoch before this call, 0 for
+    the start of ``fit``) and, with a split, in the last history row as
+    ``best_epoch``.
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        self._start = len(net.history)  # epochs before this call: the starting point's number
+        self._best = None
+
+    def _consider(self, net, epoch: int, loss: float):
+        if math.isfinite(loss) and (self._best is None or loss < self._best[1]):
+            state = {k: v.detach().clone() for k, v in unwrapped_module(net).state_dict().items()}
+            self._best = (epoch, loss, state)
+
+    def on_epoch_begin(self, net, dataset_valid=None, **kwargs):
+        if self._best is not None or dataset_valid is None or len(net.history) != self._start + 1:
+            return
+        # Scoring must not move torch's random stream (the loader draws a seed): the fit is the fit without it.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            total, count = 0.0, 0
+            for batch in net.get_iterator(dataset_valid, training=False):
+                y_pred = net.evaluation_step(batch, training=False)
+                total += float(net.get_loss(y_pred, batch[1], X=batch[0], training=False)) * len(batch[1])
+                count += len(batch[1])
+        self._consider(net, self._start, total / max(1, count))
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        if dataset_valid is not None:
+            self._consider(net, len(net.history), float(net.history[-1, "valid_loss"]))
+
+    def on_train_end(self, net, **kwargs):
+        best, self._best = self._best, None  # the kept weights are not pickled with the callback
+        net.best_epoch_ = len(net.history) if best is None else int(best[0])
+        if best is None:
+            return
+        if best[0] != len(net.history):
+            unwrapped_module(net).load_state_dict(best[2])
+        net.history.record("best_epoch", int(best[0]))
 
 
 def valid_accuracy(net, X, y):

@@ -3,7 +3,8 @@
 Model search needs nothing from this module: ``GridSearchCV(..., n_jobs=-1)``
 runs on a ``dask.distributed`` cluster under ``joblib.parallel_backend("dask")``
 like any scikit-learn estimator. :func:`featurize_dask` covers the other case,
-a collection of image paths that does not fit in one machine's memory.
+a collection of images (paths, or encoded bytes such as a Parquet table's
+binary column) that does not fit in one machine's memory.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ def _import_dask():
     return dask, da
 
 
-def _transform_partition(featurizer, paths) -> np.ndarray:
-    paths = list(paths)
-    if not paths:
+def _transform_partition(featurizer, images) -> np.ndarray:
+    images = list(images)  # a partition: a pandas Series, a list or a numpy array
+    if not images:
         return np.empty((0, featurizer.n_features_out_), dtype=np.float32)
-    return featurizer.transform(paths)
+    return featurizer.transform(images)
 
 
 def featurize_dask(featurizer, paths):
-    """Embed a Dask collection of image paths, partition by partition, on the workers.
+    """Embed a Dask collection of images (paths or encoded bytes), partition by partition, on the workers.
 
     Parameters
     ----------
@@ -45,7 +46,10 @@ def featurize_dask(featurizer, paths):
         each worker receives it once, however many partitions it computes.
         Its ``cache`` (on storage all workers share) is used by every worker.
     paths : dask.bag.Bag, dask.array.Array (1-D), or dask DataFrame column
-        File paths (anything ``transform`` accepts as a list item).
+        Images as ``transform`` accepts them as list items: file paths, or
+        encoded images (``bytes``, e.g. the binary column of a Parquet table
+        read with ``dask.dataframe.read_parquet``, or image rows
+        ``{"bytes": ..., "path": ...}``).
 
     Returns
     -------
@@ -92,18 +96,18 @@ def _partitions(paths, dask):
 
     if isinstance(paths, da.Array):
         if paths.ndim != 1:
-            raise ValueError(f"A Dask array of paths must be 1-D; got shape {paths.shape}.")
+            raise ValueError(f"A Dask array of images must be 1-D; got shape {paths.shape}.")
         lengths = [int(n) for n in paths.chunks[0]]
         return list(paths.to_delayed().ravel()), lengths
     if hasattr(paths, "to_delayed") and hasattr(paths, "map_partitions"):  # Bag, Series, DataFrame
         dataframes = sys.modules.get("dask.dataframe")
         if dataframes is not None and isinstance(paths, dataframes.DataFrame):
             if len(paths.columns) != 1:
-                raise ValueError("Pass one column of paths, e.g. df['path'], not a whole DataFrame.")
+                raise ValueError("Pass one column of images, e.g. df['path'] or df['image'], not a whole DataFrame.")
             paths = paths[paths.columns[0]]
         lengths = [int(n) for n in paths.map_partitions(len).compute()]  # cheap: counts, not images
         return list(paths.to_delayed()), lengths
     raise TypeError(
         f"paths is a {type(paths).__name__}; expected a dask bag, a 1-D dask array or a dask "
-        "DataFrame column of image paths (use featurizer.transform for in-memory data)."
+        "DataFrame column of image paths or encoded images (use featurizer.transform for in-memory data)."
     )

@@ -163,7 +163,9 @@ def read_image_list(list_file) -> list[str]:
         if not path.is_absolute():
             path = list_file.parent / path
         if not path.is_file():
-            raise FileNotFoundError(f"{str(list_file)!r} line {number}: image {line!r} does not exist.")
+            from ._images import short_repr  # only here: the CLI reads list files before it needs torch
+
+            raise FileNotFoundError(f"{str(list_file)!r} line {number}: image {short_repr(line)} does not exist.")
         paths.append(str(path))
     if not paths:
         raise ValueError(f"List file {str(list_file)!r} names no images.")

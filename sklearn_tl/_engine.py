@@ -15,7 +15,6 @@ import copy
 import queue
 import sys
 import threading
-import time
 import warnings
 import zlib
 
@@ -44,7 +43,13 @@ _COMPILE_LOCK = threading.Lock()
 
 
 class ImageReadWarning(UserWarning):
-    """Some images could not be read; their embedding rows are NaN."""
+    """Some images could not be read: their embedding rows are NaN, or they were left out of training."""
+
+
+def first_messages(messages, limit: int = 5) -> str:
+    """The first ``limit`` messages joined by "; " (then "; ..."): a warning about many files stays short."""
+    messages = list(messages)
+    return "; ".join(messages[:limit]) + ("; ..." if len(messages) > limit else "")
 
 
 # ---------------------------------------------------------------- where the code runs
@@ -285,7 +290,7 @@ def forward_batches(
     micro = batch_size
     failures = []
     bar = _progress_bar(n, description) if show_progress(progress, n) else None
-    start, done = time.perf_counter(), 0
+    done = 0
     apply_worker_threads()
     try:
         with torch.inference_mode(), autocast_context(device, dtype):
@@ -316,15 +321,14 @@ def forward_batches(
                         on_batch(positions, rows, keys)
                 done += size
                 if bar is not None:
-                    bar.update(size)
-                    bar.set_postfix_str(f"{done / (time.perf_counter() - start):.1f} img/s")
+                    bar.update(size)  # tqdm shows the rate (unit="img"): no second one
     finally:
         if bar is not None:
             bar.close()
     if failures:
-        shown = "; ".join(f.message for f in failures[:5]) + ("; ..." if len(failures) > 5 else "")
         warnings.warn(
-            f"{len(failures)} of {n} image(s) could not be read; their rows are NaN: {shown}",
+            f"{len(failures)} of {n} image(s) could not be read; their rows are NaN: "
+            f"{first_messages(f.message for f in failures)}",
             ImageReadWarning,
             stacklevel=3,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import threading
 
@@ -15,23 +14,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
-from ._engine import PRECISIONS, for_inference, forward_batches, module_device, resolve_device, resolve_precision
+from ._engine import PRECISIONS, for_inference, forward_batches, resolve_device, resolve_precision
 from ._images import ON_ERROR, ImageDataset
 from ._model import build_embedder, describe_embedder, fold_batchnorm, layer_feature_names
 from ._onnx import BACKENDS, backend_key, calibration_sample, resolve_backend
 from ._preprocess import ImageTransform
+from ._state import featurizer_state, is_data_state, restore_featurizer
 
 __all__ = ["PretrainedCNNFeaturizer"]
-
-
-def cpu_state(state: dict, module_keys) -> dict:
-    """``state`` with the named modules copied to the CPU (device-independent pickles)."""
-    state = dict(state)
-    for key in module_keys:
-        module = state.get(key)
-        if isinstance(module, torch.nn.Module) and module_device(module).type != "cpu":
-            state[key] = copy.deepcopy(module).cpu()
-    return state
 
 
 _BUILD_LOCK = threading.Lock()
@@ -346,14 +336,14 @@ class PretrainedCNNFeaturizer(ImageEstimatorMixin, ClassNamePrefixFeaturesOutMix
             return names
         return np.asarray(layer_feature_names(widths, self._build_args[3]), dtype=object)
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
     def __getstate__(self):
-        if "_build_args" in self.__dict__:
-            self.backbone_  # noqa: B018  (build it: the weights are part of a pickled model)
-        state = cpu_state(super().__getstate__(), ["_backbone"])
-        state.pop("_compiled", None)  # compiled graphs are rebuilt where the model runs
-        return state
+        return featurizer_state(self, super().__getstate__())  # data: see _state.py
 
     def __setstate__(self, state):
+        if is_data_state(state):  # else a pickle of sklearn_tl 0.1, holding the module itself
+            state = restore_featurizer(self, state)
         super().__setstate__(state)
         if "_build_args" in self.__dict__:
             self._compiled = {}

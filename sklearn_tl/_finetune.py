@@ -36,7 +36,8 @@ from ._backbones import TimmTrunk
 from ._augment import AUGMENT_PRESETS, CropPolicy, resolve_augment
 from ._cache import EmbeddingCache, as_embedding_cache, model_fingerprint, runtime_fingerprint
 from ._base import IMAGE_PARAMETER_CONSTRAINTS, ImageEstimatorMixin, shared_docs
-from ._callbacks import FreezeSchedule, PhaseCosineLR, unwrapped_module, valid_accuracy
+from ._callbacks import FreezeSchedule, KeepBestEpoch, PhaseCosineLR, unwrapped_module, valid_accuracy
+from ._defaults import FINETUNE_MAX_EPOCHS
 from ._engine import (
     forward_batches,
     module_device,
@@ -59,6 +60,7 @@ from ._model import (
 )
 from ._probe import fit_head
 from ._sources import source_for
+from ._state import finetuner_state, is_data_state, restore_finetuner
 from ._onnx import BACKENDS, _signature, resolve_backend
 from ._preprocess import ImageTransform, tta_views
 
@@ -285,14 +287,22 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         Learning rate of the head. ``"auto"``: an LR range test (Smith 2017,
         fastai's ``lr_find``) of 40 training batches at the start of ``fit``,
         after the head fit, picks the rate (steepest descent where the loss
-        falls, else a tenth of where it diverges: ``suggest_lr``); model,
-        optimizer and random state are restored after it. The curve is in
+        falls, else a tenth of where it diverges, always within the swept
+        1e-6 to 1: ``suggest_lr``); model, optimizer and random state are
+        restored after it. A flat or near-zero curve shows nothing: then
+        1e-3 with one :class:`LRFinderWarning`. The curve is in
         ``lr_finder_``; :meth:`lr_find` runs the test alone.
     max_epochs : int, default=10
     batch_size : int or "auto", default="auto"
         32 on CPU, 256 on CUDA.
     train_split : callable or None, default=None
-        skorch's internal validation split (e.g. ``ValidSplit(0.2)``).
+        skorch's internal validation split (e.g. ``ValidSplit(0.2,
+        stratified=True)``). With a split (also the one ``early_stopping``
+        makes), the fit keeps the weights of the best of {the starting point,
+        each epoch} by the validation loss (callback ``keep_best``,
+        :class:`KeepBestEpoch`), so a short budget never ends below the LP-FT
+        probe head on those images; ``callbacks__keep_best=None`` keeps the
+        last epoch. None: no image is held out and the last epoch is kept.
     callbacks : list, "disable" or None, default=None
         Extra skorch callbacks, added to the defaults (``freeze``,
         ``lr_schedule``, ``early_stopping``, timers, scores, log).
@@ -322,6 +332,10 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         Per-epoch losses, scores, ``lr`` and ``trainable`` parameter count.
     lr_ : float
         The head's learning rate: ``lr``, or the one the range test found.
+    best_epoch_ : int
+        The epoch whose weights the last ``fit`` / ``partial_fit`` kept
+        (0: the head fit, before any epoch); the last epoch without a
+        validation split.
     lr_finder_ : LRFinderResult
         With ``lr="auto"``: the range test's ``lrs``, smoothed ``losses`` and
         ``suggestion``.
@@ -411,7 +425,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
-        max_epochs=10,
+        max_epochs=FINETUNE_MAX_EPOCHS,
         batch_size="auto",
         train_split=None,
         callbacks=None,
@@ -475,11 +489,19 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         "cache": None,
     }
 
+    __module__ = "sklearn_tl"  # pickles and skops files name the public class, wherever it is defined
+
+    def __getstate__(self):
+        return finetuner_state(self, vars(self))  # data: see _state.py
+
     def __setstate__(self, state):
         for name, value in self._DEFAULTS_OF_OLDER_FILES.items():
             state.setdefault(name, value)
         if state.get("initialized_"):
             state.setdefault("layer_", None)
+        if is_data_state(state):
+            restore_finetuner(self, state)
+            return
         super().__setstate__(state)
 
     def __setattr__(self, name, value):
@@ -535,6 +557,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         if self.early_stopping:
             patience = 5 if self.early_stopping is True else self.early_stopping
             extra.append(("early_stopping", EarlyStopping(monitor="valid_loss", patience=patience, load_best=True)))
+        extra.append(("keep_best", KeepBestEpoch()))  # with a validation split: never end below the start
         return callbacks[:-1] + extra + callbacks[-1:]  # print_log stays last
 
     # -- initialisation ------------------------------------------------------
@@ -654,7 +677,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
             self._fit_head(self._fit_split[0])
         if self.lr == "auto":
             self.lr_finder_ = self._lr_range_test(self._fit_split[0], num_iter=LR_FINDER_STEPS)
-            found = self.lr_finder_.suggestion or DEFAULT_LR
+            found = self.lr_finder_.suggestion  # within the swept range; DEFAULT_LR with a warning if no signal
             for group in self.optimizer_.param_groups:  # every group keeps its ratio to lr
                 group["lr"] *= found / self.lr_
             self.lr_ = found
@@ -723,7 +746,7 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         try:
             for name, param in network.named_parameters():
                 param.requires_grad_(name not in frozen)
-            return lr_range_test(self, dataset_train, **kwargs)
+            return lr_range_test(self, dataset_train, default_lr=DEFAULT_LR, **kwargs)
         finally:
             for name, param in network.named_parameters():
                 param.requires_grad_(flags[name])
@@ -788,7 +811,10 @@ class FineTuneClassifier(ImageEstimatorMixin, ImageTrainingMixin, NeuralNetClass
         over ``num_iter`` training batches (stopping early if the loss
         diverges). Returns an ``LRFinderResult`` with ``lrs``, the smoothed
         ``losses`` and ``suggestion`` (the rate ``lr="auto"`` would train
-        at); ``as_dict()`` gives them as lists.
+        at, within ``[start_lr, end_lr]``; where the curve is flat or near
+        zero, the default 1e-3 moved into that range, with one
+        :class:`LRFinderWarning` and ``fallback=True``); ``as_dict()`` gives
+        them as lists.
         """
         net = clone(self)
         with net._fit_scope(reset=True):

@@ -272,31 +272,37 @@ class ImageTrainingMixin:
             return torch.device("cpu")
         return resolve_device(self.device)
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("grad_scaler_", None)  # rebuilt for the loading machine's device
-        state.pop("_missing_device", None)
-        return state
+    def _device_on_load(self, requested, fitted: bool) -> tuple[torch.device, bool]:
+        """``(device to load onto, whether the requested one is missing)`` for a model being loaded."""
+        if not fitted:
+            return torch.device("cpu"), False
+        try:
+            return resolve_device(requested), False
+        except ValueError:
+            warnings.warn(
+                f"This model asks for device={requested!r}, which this machine lacks; it runs on the CPU.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return torch.device("cpu"), True
 
-    def __setstate__(self, state):
-        requested = state["device"]
-        target = torch.device("cpu")
-        missing = False
-        if "device_" in state:
-            try:
-                target = resolve_device(requested)
-            except ValueError:
-                missing = True
-                warnings.warn(
-                    f"This model asks for device={requested!r}, which this machine lacks; it runs on the CPU.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        state["device"] = str(target)  # what skorch maps the tensors to
-        super().__setstate__(state)
+    def _set_loaded_device(self, requested, target: torch.device, missing: bool, fitted: bool) -> None:
         self.device = requested  # the user's parameter, untouched
         if missing:
             self._missing_device = requested  # inference falls back to the CPU while device is this
-        if "device_" in state:
+        if fitted:
             self.device_ = target
             self.grad_scaler_ = self._make_grad_scaler()
+
+    def _restore_device(self, requested, fitted: bool) -> None:
+        """After a data state is set: the device (and grad scaler) the loaded model runs on."""
+        self._set_loaded_device(requested, *self._device_on_load(requested, fitted), fitted)
+
+    def __setstate__(self, state):
+        # The pickles of sklearn_tl 0.1 (skorch's state); newer files hold data (see _state.py).
+        requested = state["device"]
+        fitted = "device_" in state
+        target, missing = self._device_on_load(requested, fitted)
+        state["device"] = str(target)  # what skorch maps the tensors to
+        super().__setstate__(state)
+        self._set_loaded_device(requested, target, missing, fitted)

@@ -6,8 +6,21 @@ Supported inputs
 - flattened images ``(n, H*W*C)`` together with ``image_shape``;
 - torch tensors ``(n, C, H, W)`` or ``(n, H, W)``;
 - lists of PIL images, of arrays ``(H, W[, C])`` or tensors ``(C, H, W)`` of
-  any sizes, or of file paths (``str`` / ``pathlib.Path``), also as a 1-D array,
-  a pandas Series or a one-column DataFrame / ``(n, 1)`` array.
+  any sizes, of file paths (``str`` / ``os.PathLike``), or of encoded images
+  (``bytes``, ``bytearray``, ``memoryview``, binary file objects, Hugging Face
+  ``datasets`` image rows ``{"bytes": ..., "path": ...}``), mixed as you like,
+  also as a 1-D object array, a pandas Series or a one-column DataFrame /
+  ``(n, 1)`` array.
+
+A 3-D array whose last axis is 3 or 4 (a 3-D tensor whose first or last axis
+is) looks like one colour image, not a batch of grayscale images, and is
+refused: pass ``X[None]`` or ``[X]`` for one image, ``X[..., None]`` for n
+grayscale images.
+
+Encoded images are content, decoded exactly as the same bytes read from a file
+(same rows, same content key, so a file and its bytes share a cache row); a
+file object is read whole from its start, as Pillow reads it, and put back at
+its position.
 
 uint8 (and other integer) images must lie in [0, 255], float images in [0, 1],
 unless ``value_range=(low, high)`` says the range of array values (then mapped
@@ -20,10 +33,12 @@ is copied before it is touched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -45,7 +60,7 @@ SUPPORTED_CHANNELS = (1, 3, 4)
 
 
 class ImageReadError(ValueError):
-    """An image file could not be read or decoded."""
+    """An image file or encoded image could not be read or decoded (``path`` is None for bytes)."""
 
     def __init__(self, message, index=None, path=None):
         super().__init__(message)
@@ -65,7 +80,7 @@ def check_value_range(value_range):
         valid = False
     if not valid or not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(
-            f"value_range must be None or a (low, high) pair of numbers with low < high; got {value_range!r}."
+            f"value_range must be None or a (low, high) pair of numbers with low < high; got {short_repr(value_range)}."
         )
     return low, high
 
@@ -172,13 +187,48 @@ def _shrink_for(image: Image.Image, min_side) -> Image.Image:
     return image.reduce(factor) if factor >= 2 else image
 
 
-def _where(path, index) -> str:
-    return f"image file {str(path)!r}" + (f" (index {index})" if index is not None else "")
+QUOTE_LIMIT = 80  # characters of user data a message quotes
+SIGNATURE_BYTES = 8  # leading bytes an encoded image's description shows
 
 
-def _read_error(exc, path, index) -> ImageReadError:
-    reason = "not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
-    return ImageReadError(f"Cannot read {_where(path, index)}: {reason}", index=index, path=str(path))
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def short_repr(value, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: messages quoting user data stay short."""
+    return _cut(repr(value), limit)
+
+
+def describe_encoded(data) -> str:
+    """What encoded bytes are, briefly: their length and leading signature in hex."""
+    head = bytes(data[:SIGNATURE_BYTES]).hex(" ")
+    return f"{len(data):,} bytes" + (f" starting {head}" if head else "")
+
+
+def _where(path, index, data=None) -> str:
+    if path is None:
+        item = "an encoded image" if index is None else f"X[{index}], an encoded image"
+        return f"{item} of {describe_encoded(data)}"
+    return f"image file {short_repr(str(path))}" + (f" (index {index})" if index is not None else "")
+
+
+def _read_error(exc, path, index, data=None) -> ImageReadError:
+    if isinstance(exc, FileNotFoundError):
+        reason = "not found"
+    elif isinstance(exc, UnidentifiedImageError):
+        reason = "not a recognised image format"  # Pillow's own message repeats the path or a stream repr
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        reason = f"{type(exc).__name__}: {exc.strerror}"  # str(exc) would repeat the path
+    else:
+        reason = f"{type(exc).__name__}: {_cut(str(exc), 200)}"
+    if path is not None and len(str(path)) > 255:  # longer than a file name can be: content passed as a str?
+        reason += "; str items are file paths: pass encoded images as bytes (e.g. base64.b64decode(text))"
+    return ImageReadError(
+        f"Cannot {'decode' if path is None else 'read'} {_where(path, index, data)}: {reason}",
+        index=index,
+        path=None if path is None else str(path),
+    )
 
 
 def read_file_bytes(path, index=None) -> bytes:
@@ -193,12 +243,15 @@ def read_file_bytes(path, index=None) -> bytes:
 def read_image_file(path, index=None, min_side=None, data: bytes | None = None) -> torch.Tensor:
     """Decode one image file (or its ``data``, already read); errors name the file and its index.
 
+    ``path=None`` with ``data``: encoded bytes that come from no file, decoded
+    the same way; errors describe them (length, leading bytes).
+
     ``min_side`` (the length the shorter side will be resized to) lets large
     images be decoded at reduced scale: JPEG's DCT scaling through ``draft``,
     an integer ``reduce`` for other formats. Pillow's decompression-bomb limit
     (``Image.MAX_IMAGE_PIXELS``) stays in force.
     """
-    where = _where(path, index)
+    where = _where(path, index, data)
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as image:
             if min_side and image.format == "JPEG":
@@ -210,7 +263,7 @@ def read_image_file(path, index=None, min_side=None, data: bytes | None = None) 
             return pil_to_tensor(_shrink_for(image, min_side), where)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError,
             EOFError, struct.error) as exc:  # what Pillow and pil_to_tensor raise for a bad file
-        raise _read_error(exc, path, index) from exc
+        raise _read_error(exc, path, index, data) from exc
 
 
 # Content digests: what the embedding cache keys a row on. They live beside the
@@ -303,10 +356,11 @@ class ArraySource(ImageSource):
 
 
 class ListSource(ImageSource):
-    """A list of PIL images, arrays, tensors or paths; each checked when loaded."""
+    """A list of PIL images, arrays, tensors, paths or encoded images; each checked when loaded."""
 
     def __init__(self, items, value_range=None):
-        self.items = items
+        # File objects are read here, once: a file object cannot be shared with loader threads or pickled.
+        self.items = [_adapt_item(item, index) for index, item in enumerate(items)]
         self.value_range = value_range
 
     def __len__(self):
@@ -318,6 +372,8 @@ class ListSource(ImageSource):
 
     def content_key(self, index):
         item = self.items[index]
+        if _is_encoded(item):
+            return file_digest(_encoded_bytes(item))  # the key of a file holding these bytes
         if _is_path(item):
             try:
                 return file_digest(read_file_bytes(os.fspath(item), index))
@@ -328,11 +384,15 @@ class ListSource(ImageSource):
         if isinstance(item, torch.Tensor):
             return tensor_digest(item, _range_tag("list-chw", self.value_range))
         if not isinstance(item, Image.Image):
-            return None  # not an image: the forward pass raises the usual TypeError
+            return None  # unreadable or not an image: the forward pass reports it
         return super().content_key(index)  # PIL: the decoded pixels (mode, palette, EXIF applied)
 
     def load_keyed(self, index, min_side=None):
         item = self.items[index]
+        if _is_encoded(item):
+            self._refuse_range(item, index)
+            data = _encoded_bytes(item)
+            return read_image_file(None, index, min_side, data=data), file_digest(data)
         if _is_path(item):
             self._refuse_range(item, index)
             # Read once, hash, decode those bytes: a file replaced meanwhile cannot
@@ -345,15 +405,19 @@ class ListSource(ImageSource):
         return super().load_keyed(index, min_side)
 
     def _refuse_range(self, item, index):
-        if self.value_range is not None and (_is_path(item) or isinstance(item, Image.Image)):
+        if self.value_range is not None and _is_decoded(item):
             # Decoded files and PIL images have a known range; never rescale them silently.
-            raise ValueError(f"X[{index}] is a {'path' if _is_path(item) else 'PIL image'}; value_range applies "
-                             "to arrays and tensors only.")
+            kind = "path" if _is_path(item) else "PIL image" if isinstance(item, Image.Image) else "encoded image"
+            raise ValueError(f"X[{index}] is a {kind}; value_range applies to arrays and tensors only.")
 
     def load(self, index, min_side=None):
         item = self.items[index]
         what = f"X[{index}]"
         self._refuse_range(item, index)
+        if isinstance(item, _Unreadable):
+            raise ImageReadError(item.message, index=index)
+        if _is_encoded(item):
+            return read_image_file(None, index, min_side, data=_encoded_bytes(item))
         if _is_path(item):
             return read_image_file(os.fspath(item), index, min_side)
         if isinstance(item, Image.Image):
@@ -370,9 +434,14 @@ class ListSource(ImageSource):
         if isinstance(item, np.ndarray):
             _check_values(item, what, self.value_range)
             return _hwc_to_chw(_to_tensor(item, self.value_range), what)
+        if isinstance(item, dict):
+            raise TypeError(
+                f"{what} is a dict with keys {short_repr(sorted(map(str, item)))}; an image row is "
+                '{"bytes": bytes or None, "path": str or None} with one of them set.'
+            )
         raise TypeError(
             f"{what} is a {type(item).__name__}; list items must be PIL images, arrays (H, W[, C]), "
-            "tensors (C, H, W) or file paths."
+            "tensors (C, H, W), file paths, or encoded images (bytes, binary file objects)."
         )
 
 
@@ -385,6 +454,79 @@ def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
+ENCODED_TYPES = (bytes, bytearray, memoryview)
+
+
+def _is_encoded(item) -> bool:
+    return isinstance(item, ENCODED_TYPES)
+
+
+def _encoded_bytes(item) -> bytes:
+    """An encoded image as flat ``bytes``: exactly what a file holding it would."""
+    return item if isinstance(item, bytes) else item.tobytes() if isinstance(item, memoryview) else bytes(item)
+
+
+def _is_stream(item) -> bool:
+    return callable(getattr(item, "read", None)) and not isinstance(item, (str, os.PathLike, Image.Image))
+
+
+def _is_image_row(item) -> bool:
+    """A Hugging Face ``datasets`` image row, ``Image(decode=False)``'s ``{"bytes": ..., "path": ...}``."""
+    return isinstance(item, dict) and ("bytes" in item or "path" in item)
+
+
+def _is_decoded(item) -> bool:
+    """An item with a range of its own (decoded from a file, bytes or PIL), which value_range must not rescale."""
+    return _is_path(item) or _is_encoded(item) or isinstance(item, (Image.Image, _Unreadable))
+
+
+def _is_encoded_input(item) -> bool:
+    return _is_encoded(item) or _is_stream(item) or _is_image_row(item)
+
+
+class _Unreadable(NamedTuple):
+    """Stands in a :class:`ListSource` for a file object that could not be read; loading it raises."""
+
+    message: str
+
+
+def _read_stream(stream, index):
+    """All bytes of a binary file object, read from its start as Pillow does, its position put back."""
+    if isinstance(stream, io.TextIOBase):
+        raise TypeError(f"X[{index}] is a file object opened in text mode; open image files in binary mode ('rb').")
+    try:
+        position = stream.tell()
+        stream.seek(0)
+    except (AttributeError, OSError, ValueError):  # not seekable (a pipe, a socket): read from where it is
+        position = None
+    try:
+        data = stream.read()
+    except (OSError, ValueError) as exc:  # closed, or a read error
+        return _Unreadable(f"Cannot read X[{index}], a {type(stream).__name__}: {type(exc).__name__}: "
+                           f"{_cut(str(exc), 200)}")
+    finally:
+        if position is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.seek(position)
+    if not _is_encoded(data):
+        raise TypeError(f"X[{index}] is a file object whose read() gave a {type(data).__name__}, not bytes.")
+    return data
+
+
+def _adapt_item(item, index):
+    """File objects become their bytes, image rows their bytes (else their path); the rest is unchanged."""
+    if _is_image_row(item):
+        data, path = item.get("bytes"), item.get("path")
+        if _is_encoded(data):
+            return data
+        if data is None and _is_path(path):
+            return path
+        return item  # neither usable: loading it names the problem
+    if _is_stream(item):
+        return _read_stream(item, index)
+    return item
+
+
 def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     """Adapt ``X`` to an :class:`ImageSource`, validating what is cheap to check.
 
@@ -392,8 +534,8 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     ----------
     X : images
         See the module docstring. A one-column DataFrame or ``(n, 1)`` array
-        of paths (what ``ColumnTransformer`` passes for ``["path"]``) is a list
-        of paths.
+        of paths or encoded images (what ``ColumnTransformer`` passes for
+        ``["path"]``) is a list of them.
     image_shape : tuple, default=None
         ``(H, W)`` or ``(H, W, C)`` of flattened 2-D ``X``.
     value_range : (low, high), default=None
@@ -418,22 +560,27 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
         return X
     if isinstance(X, (str, os.PathLike)):
         raise TypeError(
-            f"X is a single path {os.fspath(X)!r}; pass a list of image paths "
+            f"X is a single path {short_repr(os.fspath(X))}; pass a list of image paths "
             "(for a folder of class sub-folders use sklearn_tl.load_image_folder)."
         )
+    if _is_encoded_input(X):
+        what = describe_encoded(X) if _is_encoded(X) else f"a {type(X).__name__}"
+        raise TypeError(f"X is a single encoded image ({what}); pass a list of images: [X].")
     if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
         raise TypeError("Sparse input is not supported: images must be dense arrays, tensors, PIL images or paths.")
     if hasattr(X, "to_numpy") and not isinstance(X, (np.ndarray, torch.Tensor)):
-        X = X.to_numpy()  # pandas Series / DataFrame column of paths
+        X = X.to_numpy()  # pandas Series / DataFrame column of paths or bytes
     elif hasattr(X, "__array__") and not isinstance(X, (np.ndarray, torch.Tensor)):
         X = np.asarray(X)
+    elif isinstance(X, Sequence) and not isinstance(X, (list, tuple)):
+        X = list(X)  # another sequence, e.g. a Hugging Face datasets Column of image rows
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("X is empty: at least one image is required.")
-        if value_range is not None and any(_is_path(x) or isinstance(x, Image.Image) for x in X):
+        if value_range is not None and any(_is_decoded(x) or _is_encoded_input(x) for x in X):
             raise ValueError(
-                "value_range applies to arrays and tensors only; image files and PIL images are decoded "
-                "to their own range: pass value_range=None."
+                "value_range applies to arrays and tensors only; image files, encoded images and PIL "
+                "images are decoded to their own range: pass value_range=None."
             )
         return ListSource(list(X), value_range)
     if isinstance(X, torch.Tensor):
@@ -441,23 +588,34 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     if not isinstance(X, np.ndarray):
         raise TypeError(
             f"X is a {type(X).__name__}; expected a numpy array, a torch tensor, or a list of "
-            "PIL images, arrays or file paths."
+            "PIL images, arrays, file paths or encoded images."
         )
-    if X.dtype.kind in "OUS":
+    if X.dtype.kind == "S":
+        # numpy drops an "S" item's trailing zero bytes, which can cut an encoded image short.
+        raise ValueError(
+            f"X is a numpy bytes array (dtype {X.dtype}), which drops trailing zero bytes of encoded "
+            "images; pass a list of bytes or an object array (np.array(items, dtype=object))."
+        )
+    if X.dtype.kind in "OU":
         if value_range is not None:
-            raise ValueError("value_range applies to arrays and tensors of numbers; X holds paths: pass None.")
+            raise ValueError(
+                "value_range applies to arrays and tensors of numbers; X holds paths or encoded images: pass None."
+            )
         if X.ndim == 2 and X.shape[1] == 1:
-            X = X[:, 0]  # one column of paths, as ColumnTransformer passes ["path"]
+            X = X[:, 0]  # one column of paths or bytes, as ColumnTransformer passes ["path"]
         if X.ndim != 1:
             raise ValueError(
-                f"X holds {X.dtype} values in shape {X.shape}; paths are a list, a 1-D array or one column."
+                f"X holds {X.dtype} values in shape {X.shape}; paths and encoded images are a list, "
+                "a 1-D array or one column."
             )
         if X.size == 0:
             raise ValueError("X is empty: at least one image is required.")
-        items = [str(x) if isinstance(x, (bytes, np.str_)) else x for x in X.tolist()]
+        items = [str(x) if isinstance(x, np.str_) else x for x in X.tolist()]
         return ListSource(items, value_range)
     if X.ndim == 0 or X.shape[0] == 0:
         raise ValueError(f"X is empty: found 0 sample(s) (shape {X.shape}); at least one image is required.")
+    if X.ndim == 3 and X.shape[-1] in (3, 4):  # 3-D from image_shape is reshaped below: declared a batch
+        raise ValueError(_one_image_message(X.shape))
     _check_values(X, "X", value_range)
     if X.ndim == 2:
         if image_shape is None:
@@ -485,11 +643,30 @@ def as_image_source(X, image_shape=None, value_range=None) -> ImageSource:
     return ArraySource(X, channels_first=False, value_range=value_range)
 
 
+def _one_image_message(shape, tensor: bool = False) -> str:
+    """Why a 3-D array or tensor with 3 or 4 channels is refused as a batch, and what to pass instead."""
+    shape = tuple(int(s) for s in shape)
+    if tensor and shape[0] in (3, 4):
+        layout, one = "(C, H, W)", "X[None] (shape (1, C, H, W)) or [X]"
+    elif tensor:
+        layout, one = "(H, W, C)", "X.permute(2, 0, 1)[None] (tensors are channels-first: (1, C, H, W))"
+    else:
+        layout, one = "(H, W, C)", "X[None] (shape (1, H, W, C)) or [X]"
+    gray = "X[:, None] (shape (n, 1, H, W))" if tensor else "X[..., None] (shape (n, H, W, 1))"
+    return (
+        f"X is a {'tensor' if tensor else 'numpy array'} of shape {shape}, which looks like one image {layout}, "
+        f"not a batch of {shape[0]} grayscale images {shape[1]} x {shape[2]} px. Pass one image as {one}; "
+        f"pass n grayscale images as {gray} or a list of 2-D images."
+    )
+
+
 def _tensor_source(X: torch.Tensor, value_range=None) -> ArraySource:
     if X.ndim not in (3, 4):
         raise ValueError(f"X is a tensor of shape {tuple(X.shape)}; expected (n, C, H, W) or (n, H, W).")
     if X.shape[0] == 0:
         raise ValueError("X is empty: at least one image is required.")
+    if X.ndim == 3 and (X.shape[0] in (3, 4) or X.shape[-1] in (3, 4)):
+        raise ValueError(_one_image_message(X.shape, tensor=True))
     if X.ndim == 4 and X.shape[1] not in SUPPORTED_CHANNELS:
         raise ValueError(
             f"X is a tensor of shape {tuple(X.shape)}; channels (axis 1) must be 1, 3 or 4 (N, C, H, W)."

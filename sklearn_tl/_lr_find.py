@@ -13,62 +13,97 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = ["LRFinderResult", "lr_range_test"]
+__all__ = ["LRFinderResult", "LRFinderWarning", "lr_range_test", "suggest_lr"]
 
 
 @dataclass
 class LRFinderResult:
-    """The curve of an LR range test and its suggestion."""
+    """The curve of an LR range test and its suggestion.
+
+    ``fallback`` is True where the curve showed no signal and ``suggestion``
+    is the default rate the test was given.
+    """
 
     lrs: list = field(default_factory=list)
     losses: list = field(default_factory=list)  # smoothed
     suggestion: float | None = None
+    fallback: bool = False
 
     def as_dict(self) -> dict:
-        return {"lrs": list(self.lrs), "losses": list(self.losses), "suggestion": self.suggestion}
+        return {"lrs": list(self.lrs), "losses": list(self.losses), "suggestion": self.suggestion,
+                "fallback": self.fallback}
 
 
-def suggest_lr(lrs, losses, descent: float = 0.25, rise: float = 1.5) -> float | None:
-    """The rate to train at, from a range test's curve (the smoothed losses).
+class LRFinderWarning(UserWarning):
+    """The LR range test's curve showed no signal; training uses the default learning rate."""
+
+
+def suggest_lr(
+    lrs, losses, *, min_drop: float = 0.2, min_delta: float = 0.01, rise: float = 1.5
+) -> float | None:
+    """The rate to train at, from a range test's curve (the smoothed losses), or None where it shows nothing.
 
     The first tenth of the points is skipped (the smoothed loss of a few
-    batches is noise). Where the loss then falls by more than ``descent`` of
-    its starting level (the median of the next five points) before its
-    minimum: the rate of steepest descent (in log-lr), fastai's rule for a new
-    head. Where it does not (a head already fitted on the features, so that
-    small rates change little): a tenth of the rate at which the loss first
-    exceeds ``rise`` times its best so far (the edge of divergence, Smith's
-    rule), or a tenth of the largest rate tried if it never does. None for a
-    curve of fewer than 3 points or with no finite loss.
+    batches is noise), and the curve is cut at its first non-finite loss.
+    A change of the loss counts as signal only when it is at least
+    ``min_drop`` of the starting level (the median of the next five points)
+    and at least ``min_delta`` in absolute terms: a loss already near zero
+    (a head that fits the training images) or flat shows nothing to choose
+    from, and the noise of such curves picked rates far below any that train.
+
+    Where the loss falls by that much before its minimum: the rate of
+    steepest descent (in log-lr) on the way down, fastai's rule for a new
+    head. Where it does not but then rises (a head already fitted on the
+    features: small rates change little): a tenth of the rate at which the
+    loss first exceeds ``rise`` times its best so far and that best plus
+    ``min_delta`` (the edge of divergence, Smith's rule). Otherwise, and for
+    a curve of fewer than 3 points, None. The result always lies within the
+    rates the curve swept.
     """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    if len(lrs) < 3 or not np.isfinite(losses).any():
-        return None
+    bad = np.flatnonzero(~np.isfinite(losses))
+    swept = (lrs[0], lrs[-1]) if len(lrs) else None
+    end = bad[0] if len(bad) else len(losses)  # a non-finite loss: the divergence edge, at the latest
     skip = max(1, len(lrs) // 10)
-    lrs, losses = lrs[skip:], losses[skip:]
-    finite = np.where(np.isfinite(losses), losses, np.inf)
-    best = int(np.argmin(finite))
-    if best >= 2 and finite[best] < (1 - descent) * np.median(finite[:5]):
-        slopes = np.gradient(losses[: best + 1], np.log(lrs[: best + 1]))
-        return float(lrs[int(np.argmin(slopes))])
-    diverged = np.flatnonzero(finite > rise * np.minimum.accumulate(finite))
-    edge = lrs[diverged[0]] if len(diverged) else lrs[-1]
-    return float(edge / 10)
+    if end - skip < 3:
+        return None
+    curve, rates = losses[skip:end], lrs[skip:end]
+    start = float(np.median(curve[:5]))
+    margin = max(min_drop * abs(start), min_delta)
+    best = int(np.argmin(curve))
+    if best >= 2 and curve[best] < start - margin:
+        slopes = np.gradient(curve[: best + 1], np.log(rates[: best + 1]))
+        return float(rates[int(np.argmin(slopes))])
+    running = np.minimum.accumulate(curve)
+    risen = (curve > rise * running) & (curve > running + np.maximum(min_delta, min_drop * np.abs(running)))
+    if risen.any():
+        edge = rates[int(np.argmax(risen))]
+    elif len(bad):
+        edge = lrs[bad[0]]
+    else:
+        return None
+    return float(np.clip(edge / 10, *swept))
 
 
-def lr_range_test(net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoothing=0.05, diverge=4.0):
+def lr_range_test(
+    net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoothing=0.05, diverge=4.0, default_lr=None
+):
     """Run the test on an initialised skorch ``net`` over batches of ``dataset``.
 
     Each optimizer parameter group keeps its ratio to the net's learning
     rate (``net.lr_`` where the net resolves one, else ``net.lr``), so a
     backbone group at ``lr * backbone_lr_scale`` stays at that scale. Stops
     early when the smoothed loss exceeds ``diverge`` times its best.
-    Returns an :class:`LRFinderResult` whose ``suggestion`` is for that rate.
+    Returns an :class:`LRFinderResult` whose ``suggestion`` (see
+    :func:`suggest_lr`) is for that rate. Where the curve shows no signal,
+    the suggestion is ``default_lr`` (kept within ``[start_lr, end_lr]``)
+    with one :class:`LRFinderWarning`, or None if ``default_lr`` is None.
     """
     module, optimizer = net.module_, net.optimizer_
     saved_module = copy.deepcopy(module.state_dict())
@@ -111,4 +146,16 @@ def lr_range_test(net, dataset, *, start_lr=1e-6, end_lr=1.0, num_iter=50, smoot
             torch.cuda.set_rng_state_all(saved_rng[1])
         optimizer.zero_grad(set_to_none=True)
     result.suggestion = suggest_lr(result.lrs, result.losses)
+    if result.suggestion is None and default_lr is not None:
+        low, high = min(start_lr, end_lr), max(start_lr, end_lr)
+        result.suggestion, result.fallback = float(np.clip(default_lr, low, high)), True
+        losses = [loss for loss in result.losses if math.isfinite(loss)]
+        seen = f"smoothed losses {min(losses):.3g} to {max(losses):.3g}" if losses else "no finite loss"
+        warnings.warn(
+            f"The LR range test ({len(result.lrs)} batches, lr {start_lr:g} to {end_lr:g}, {seen}) shows no "
+            f"clear fall or rise of the loss (flat, or already near zero): using the default "
+            f"lr={result.suggestion:g}. Pass a number as lr to choose it yourself.",
+            LRFinderWarning,
+            stacklevel=3,
+        )
     return result

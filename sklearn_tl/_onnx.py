@@ -118,8 +118,10 @@ def calibration_sample(dataset, limit: int = CALIBRATION_IMAGES) -> np.ndarray:
 # ---------------------------------------------------------------- export
 
 
-def export_module(module: torch.nn.Module, example: torch.Tensor) -> bytes:
+def export_module(module: torch.nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET) -> bytes:
     """The ONNX graph of ``module`` for inputs shaped like ``example``, batch axis dynamic.
+
+    ``opset`` is the TorchScript exporter's; the dynamo exporter keeps its own.
 
     The TorchScript exporter goes first: it exports every registered seed
     family (VGG, MobileNet, DenseNet, Inception, ResNet, EfficientNet, NASNet)
@@ -130,13 +132,13 @@ def export_module(module: torch.nn.Module, example: torch.Tensor) -> bytes:
     errors = []
     for dynamo in (False, True):
         try:
-            return _export(module, example, dynamo)
+            return _export(module, example, dynamo, opset)
         except Exception as exc:  # any exporter failure: try the other, then report both
             errors.append(f"{'dynamo' if dynamo else 'TorchScript'} exporter: {type(exc).__name__}: {exc}")
     raise RuntimeError("; ".join(line.splitlines()[0][:300] for line in errors))
 
 
-def _export(module, example, dynamo: bool) -> bytes:
+def _export(module, example, dynamo: bool, opset: int = ONNX_OPSET) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notices
@@ -167,7 +169,7 @@ def _export(module, example, dynamo: bool) -> bytes:
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=ONNX_OPSET,
+                opset_version=opset,
             )
     return buffer.getvalue()
 

@@ -1,6 +1,9 @@
-"""Saving and loading fitted models: joblib files with a version header.
+"""Saving and loading fitted models: skops (safe) or joblib files with a version header.
 
-:func:`save_model` writes ``{"format", "header", "model"}`` with joblib. The
+:func:`save_model` writes ``{"format", "header", "model"}`` with skops (the
+default; a zip of JSON and ``.npy`` files that loads without running code) or
+joblib (a pickle; the default for a path ending in ``.joblib``, ``.pkl`` or
+``.pickle``). The
 header records the versions of sklearn_tl, torch, torchvision and
 scikit-learn, and the preprocessing fingerprint (backbone, weights, sha256,
 ``data_config_``) of every sklearn_tl step, so that :func:`load_model` can say
@@ -10,7 +13,9 @@ torch modules to the CPU when pickled, and a model fitted on a GPU loads on a
 CPU-only machine.
 
 Security: a joblib file is a pickle, and unpickling runs code chosen by whoever
-wrote the file. Load only files you made or trust.
+wrote the file: load only files you made or trust. A skops file is loaded
+trusting only sklearn_tl's estimator classes (:func:`skops_trusted_types`) plus
+the types the caller names; :func:`load_model` refuses any other type in it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ import joblib
 
 __all__ = ["ModelFileError", "ModelVersionWarning", "load_model", "model_header", "save_model"]
 
-FORMAT = "sklearn_tl.model/1"
+FORMAT = "sklearn_tl.model/1"  # the content of a joblib model file
+SKOPS_FORMAT = "sklearn_tl.model.skops/1"  # the content of a skops model file
+FORMATS = ("skops", "joblib")
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # a path named so gets a joblib file by default
+_ZIP_MAGIC = b"PK\x03\x04"  # skops files are zip archives; joblib files never start so
 
 
 class ModelFileError(ValueError):
@@ -87,8 +96,49 @@ def model_header(model) -> dict:
     }
 
 
-def save_model(model, path, *, compress: int = 3) -> dict:
-    """Write a fitted model and its header to ``path`` with joblib; return the header.
+def _resolved_format(path: Path, format) -> str:
+    if format is None:
+        return "joblib" if path.suffix.lower() in PICKLE_SUFFIXES else "skops"
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS} or None (from the file name); got {format!r}.")
+    return format
+
+
+def save_model(model, path, *, format=None, compress: int = 3, include_optimizer: bool = True) -> dict:
+    """Write a fitted model and its header to ``path``; return the header.
+
+    Parameters
+    ----------
+    model : estimator
+        A fitted sklearn_tl estimator, or a Pipeline (or other sklearn
+        composite) holding them.
+    path : str or path-like
+        The file to write (atomically: an interrupted save leaves no file).
+    format : {"skops", "joblib"} or None, default=None
+        ``"skops"``: a zip of JSON and numpy arrays that :func:`load_model`
+        and ``skops.io.load`` read without running code (use the extension
+        ``.skops``). ``"joblib"``: a pickle, which runs code when loaded, but
+        stores anything (a user's own ``torch.nn.Module`` backbone or head,
+        custom callbacks). None: ``"joblib"`` for a path ending in
+        ``.joblib``, ``.pkl`` or ``.pickle``, else ``"skops"``.
+    compress : int, default=3
+        Compression level (0 to 9).
+    include_optimizer : bool, default=True
+        Keep a fine-tuner's optimizer state (AdamW's moments: twice the
+        network's size), so that ``partial_fit`` after loading continues as it
+        would have without saving. False writes a file of a third the size
+        for serving; ``partial_fit`` then starts the optimizer afresh.
+
+    Returns
+    -------
+    header : dict
+        Versions, the estimator's name, its classes and preprocessing.
+
+    Raises
+    ------
+    sklearn_tl._state.SafeFormatError
+        With ``format="skops"`` for a model holding a user's ``torch.nn.Module``:
+        it names the parameter and says to use ``format="joblib"``.
 
     Examples
     --------
@@ -99,17 +149,38 @@ def save_model(model, path, *, compress: int = 3) -> dict:
     >>> X = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
     >>> model = make_pipeline(PretrainedCNNFeaturizer("resnet18", weights=None, image_size=32),
     ...                       LogisticRegression()).fit(X, [0, 1, 0, 1])
-    >>> path = os.path.join(tempfile.mkdtemp(), "model.joblib")
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.skops")
     >>> header = save_model(model, path)
     >>> header["preprocessing"]["pretrainedcnnfeaturizer"]["data_config"]["crop_size"]
     32
     >>> bool((load_model(path).predict(X) == model.predict(X)).all())
     True
     """
-    header = model_header(model)
+    from ._state import safe_format, without_optimizer
+
     path = Path(path)
+    format = _resolved_format(path, format)
+    header = model_header(model)
     tmp = path.with_name(path.name + ".partial")
-    joblib.dump({"format": FORMAT, "header": header, "model": model}, tmp, compress=compress)
+    try:
+        with without_optimizer(not include_optimizer):
+            if format == "joblib":
+                joblib.dump({"format": FORMAT, "header": header, "model": model}, tmp, compress=compress)
+            else:
+                import zipfile
+
+                import skops.io
+
+                with safe_format():
+                    skops.io.dump(
+                        {"format": SKOPS_FORMAT, "header": header, "model": model},
+                        tmp,
+                        compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
+                        compresslevel=compress or None,
+                    )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)  # atomic: an interrupted save never leaves half a model
     return header
 
@@ -180,34 +251,92 @@ def check_header(header: dict, path="model") -> None:
             )
 
 
-def load_model(path, *, return_header: bool = False):
-    """Load a model written by :func:`save_model`, checking its header.
+def _type_names(types) -> list[str]:
+    return [t if isinstance(t, str) else f"{t.__module__}.{t.__qualname__}" for t in (types or [])]
 
-    Only load files you trust: a joblib file is a pickle and can run code.
 
-    Raises
-    ------
-    ModelFileError
-        The file is missing, unreadable or truncated, not an sklearn_tl model
-        file, has a malformed header, was saved by an sklearn_tl of another
-        major version, or its preprocessing does not match its header. The
-        message names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"Model file {str(path)!r} does not exist.")
+def _read_skops(path: Path, trusted):
+    import skops.io
+
+    from ._state import skops_trusted_types
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # a damaged zip or schema: anything
+        raise ModelFileError(
+            f"Cannot read model file {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "it is corrupt, truncated or not a skops file."
+        ) from exc
+    allowed = set(skops_trusted_types()) | set(_type_names(trusted))
+    refused = [name for name in found if name not in allowed]
+    if refused:
+        shown = ", ".join(refused[:10]) + (f" and {len(refused) - 10} more" if len(refused) > 10 else "")
+        raise ModelFileError(
+            f"{str(path)!r} holds types that are not sklearn_tl's and that you did not trust: {shown}. "
+            "Loading them may run their code; if you trust this file, pass them as "
+            "load_model(path, trusted=[...])."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Trying to unpickle estimator")
+            return skops.io.load(path, trusted=found)
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(
+            f"Cannot read model file {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "it is corrupt or was written by an incompatible version."
+        ) from exc
+
+
+def _read_joblib(path: Path):
     try:
         with warnings.catch_warnings():
             # scikit-learn's InconsistentVersionWarning repeats what check_header says once.
             warnings.filterwarnings("ignore", message="Trying to unpickle estimator")
-            content = joblib.load(path)
+            return joblib.load(path)
     except Exception as exc:  # unpickling raises anything: EOFError, UnpicklingError, KeyError...
         raise ModelFileError(
             f"Cannot read model file {str(path)!r} ({type(exc).__name__}: {exc}); "
             "it is corrupt, truncated or not a joblib file."
         ) from exc
-    if not (isinstance(content, dict) and content.get("format") == FORMAT and "model" in content):
-        if isinstance(content, dict) and content.get("format") == FORMAT:
+
+
+def load_model(path, *, return_header: bool = False, trusted=None):
+    """Load a model written by :func:`save_model`, checking its header.
+
+    The format is read from the file's first bytes: a skops file (zip) or a
+    joblib file (pickle, as every version up to 0.1 wrote).
+
+    Parameters
+    ----------
+    path : str or path-like
+    return_header : bool, default=False
+        Also return the header.
+    trusted : list of str or type, default=None
+        For a skops file: types to trust beyond sklearn_tl's estimators
+        (:func:`skops_trusted_types`), e.g. a custom transformer of yours in
+        the Pipeline. Any other type in the file is refused. A joblib file is
+        a pickle: it can run code whatever this says; load only files you
+        trust.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, unreadable or truncated, not an sklearn_tl model
+        file, holds types not trusted, has a malformed header, was saved by an
+        sklearn_tl of another major version, or its preprocessing does not
+        match its header. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {str(path)!r} does not exist.")
+    with open(path, "rb") as file:
+        magic = file.read(len(_ZIP_MAGIC))
+    content = _read_skops(path, trusted) if magic == _ZIP_MAGIC else _read_joblib(path)
+    formats = (FORMAT, SKOPS_FORMAT)
+    if not (isinstance(content, dict) and content.get("format") in formats and "model" in content):
+        if isinstance(content, dict) and content.get("format") in formats:
             raise ModelFileError(f"{str(path)!r} is an sklearn_tl model file without its model; it was altered.")
         raise ModelFileError(
             f"{str(path)!r} is not an sklearn_tl model file (write one with `sklearn-tl train` or "

@@ -55,6 +55,14 @@ def _lr_panel(ax, lr_finder: dict) -> None:
     ax.set_title("learning-rate range test (lr='auto')")
 
 
+def _mistakes(y_true, y_pred, confidence):
+    """Indices of the misclassified images, the most confident mistakes (the most instructive) first."""
+    wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))
+    if confidence is not None:
+        wrong = wrong[np.argsort(-np.asarray(confidence)[wrong], kind="stable")]
+    return wrong
+
+
 def _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder=None):
     from sklearn.metrics import confusion_matrix
 
@@ -62,20 +70,18 @@ def _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder=Non
     labels = list(class_names)
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
-    wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))
-    if confidence is not None:  # the most confident mistakes first: the most instructive
-        wrong = wrong[np.argsort(-np.asarray(confidence)[wrong], kind="stable")]
-    wrong = wrong[:MAX_THUMBNAILS]
+    wrong = _mistakes(y_true, y_pred, confidence)[:MAX_THUMBNAILS]
 
     n_thumb_rows = int(np.ceil(len(wrong) / 4)) if len(wrong) else 0
-    lr_rows = [3.0] if lr_finder else []
     side = max(4.0, 0.55 * len(labels) + 2.5)
-    height = side + 2.6 * n_thumb_rows + 3.2 * len(lr_rows) + 0.8
-    fig = plt.figure(figsize=(2 * side + 1, height), layout="constrained")
-    grid = fig.add_gridspec(1 + n_thumb_rows + len(lr_rows), 8, height_ratios=[side] + [2.4] * n_thumb_rows + lr_rows)
+    rows = [side] + ([2.6 * n_thumb_rows] if n_thumb_rows else []) + ([3.2] if lr_finder else [])
+    fig = plt.figure(figsize=(2 * side + 1, sum(rows) + 0.8), layout="constrained")
+    # One sub-figure per band, each laid out on its own: a wide panel below cannot squeeze the labels above.
+    bands = list(np.atleast_1d(fig.subfigures(len(rows), 1, height_ratios=rows)))
     fig.suptitle(title, fontsize=13)
 
-    ax = fig.add_subplot(grid[0, :4])
+    top = bands.pop(0)
+    ax, bar_ax = top.subplots(1, 2)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -86,7 +92,7 @@ def _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder=Non
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
 
-    ax = fig.add_subplot(grid[0, 4:])
+    ax = bar_ax
     bars = ax.barh(range(len(labels)), per_class, color="tab:blue")
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
@@ -97,19 +103,21 @@ def _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder=Non
     for bar, value, total in zip(bars, per_class, matrix.sum(axis=1)):
         ax.text(value + 0.01, bar.get_y() + bar.get_height() / 2, f"{value:.2f} (n={total})", va="center")
 
-    for k, index in enumerate(wrong):
-        ax = fig.add_subplot(grid[1 + k // 4, 2 * (k % 4) : 2 * (k % 4) + 2])
-        thumb = _thumbnail(paths[index]) if paths is not None else None
-        if thumb is not None:
-            ax.imshow(thumb)
-        ax.set_axis_off()
-        extra = f" ({confidence[index]:.2f})" if confidence is not None else ""
-        name = Path(str(paths[index])).name if paths is not None else f"#{index}"
-        ax.set_title(f"{name}\ntrue {y_true[index]} → {y_pred[index]}{extra}", fontsize=8)
-    if not len(wrong):
+    if n_thumb_rows:
+        thumbs = np.atleast_1d(bands.pop(0).subplots(n_thumb_rows, 4)).ravel()
+        for ax in thumbs:
+            ax.set_axis_off()
+        for ax, index in zip(thumbs, wrong):
+            thumb = _thumbnail(paths[index]) if paths is not None else None
+            if thumb is not None:
+                ax.imshow(thumb)
+            extra = f" ({confidence[index]:.2f})" if confidence is not None else ""
+            name = Path(str(paths[index])).name if paths is not None else f"#{index}"
+            ax.set_title(f"{name}\ntrue {y_true[index]}\n→ {y_pred[index]}{extra}", fontsize=8)
+    else:
         fig.text(0.5, 0.01, "no misclassified images", ha="center")
     if lr_finder:
-        _lr_panel(fig.add_subplot(grid[1 + n_thumb_rows, 1:7]), lr_finder)
+        _lr_panel(bands.pop(0).subplots(), lr_finder)
     return fig, matrix, per_class, wrong
 
 
@@ -174,7 +182,7 @@ def write_report(
         f"<b>{esc(str(y_true[i]))}</b>, predicted <b>{esc(str(y_pred[i]))}</b>"
         + (f" ({confidence[i]:.2f})" if confidence is not None else "")
         + "</li>"
-        for i in np.flatnonzero(y_true != y_pred)
+        for i in _mistakes(y_true, y_pred, confidence)
     ) or "<li>none</li>"
     image = base64.b64encode(buffer.getvalue()).decode("ascii")
     page = f"""<!doctype html>

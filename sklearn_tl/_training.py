@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._defaults import FINETUNE_MAX_EPOCHS
+
 __all__ = [
     "MODES",
     "LabelledImages",
@@ -23,6 +25,7 @@ __all__ = [
     "logistic_head",
     "n_folds",
     "predict_with_confidence",
+    "readable_images",
     "set_inference_options",
     "train_classifier",
 ]
@@ -65,6 +68,43 @@ def load_labelled_folder(folder) -> LabelledImages:
         class_names=names,
         counts=np.bincount(data.target, minlength=len(names)),
     )
+
+
+def readable_images(data: LabelledImages) -> tuple[LabelledImages, list[str]]:
+    """``data`` without the images that cannot be decoded, and the paths left out.
+
+    Each file is decoded once, by the decoder training uses, at reduced
+    scale (a JPEG's DCT scaling still reads every byte, so a truncated file
+    fails as it would in training, at a fraction of the cost). The files left
+    out are named in one :class:`ImageReadWarning`; a class left with no
+    readable image is an error.
+    """
+    import warnings
+
+    from ._engine import ImageReadWarning, first_messages
+    from ._images import ImageReadError, read_image_file
+
+    keep, errors = np.ones(len(data.paths), dtype=bool), []
+    for i, path in enumerate(data.paths):
+        try:
+            read_image_file(path, min_side=16)
+        except ImageReadError as exc:
+            keep[i] = False
+            errors.append(str(exc))
+    if not errors:
+        return data, []
+    warnings.warn(
+        f"{len(errors)} of {len(data.paths)} image(s) could not be read and are left out: {first_messages(errors)}",
+        ImageReadWarning,
+        stacklevel=2,
+    )
+    y = data.y[keep]
+    counts = np.array([np.sum(y == name) for name in data.class_names])
+    if not counts.all():
+        empty = data.class_names[int(np.argmin(counts))]
+        raise ValueError(f"Class {empty!r} has no readable image (the warning above names the files).")
+    paths = np.asarray(data.paths, dtype=object)
+    return LabelledImages(list(paths[keep]), y, data.class_names, counts), list(paths[~keep])
 
 
 def n_folds(data: LabelledImages, cv: int) -> int:
@@ -117,7 +157,7 @@ def train_classifier(
     progress=True,
     cache=None,
     C: float = 1.0,
-    max_epochs: int = 5,
+    max_epochs: int = FINETUNE_MAX_EPOCHS,
     lr: float = 1e-3,
     freeze=None,
     n_splits: int = 5,

@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._defaults import FINETUNE_MAX_EPOCHS
+
 __all__ = ["main", "build_parser"]
 
 EXIT_USER_ERROR = 2
@@ -92,7 +94,12 @@ def _progress(args) -> bool:
 # ---------------------------------------------------------------- messages
 
 # Library messages name Python arguments; the command line says its own options instead.
-_OPTION_NAMES = {"force=True": "--force", "cv=0": "--cv 0"}
+_OPTION_NAMES = {
+    "force=True": "--force",
+    "cv=0": "--cv 0",
+    "weights=None": "--weights none",
+    "weights='": "--weights '",  # the hint "pass weights='/path/to/<file>'"
+}
 
 
 def _in_cli_words(message) -> str:
@@ -229,10 +236,16 @@ def _cmd_train(args) -> int:
     from ._training import load_labelled_folder, n_folds, train_classifier
 
     data = load_labelled_folder(args.folder)
+    skipped = []
+    if args.skip_unreadable:
+        from ._training import readable_images
+
+        data, skipped = readable_images(data)
     n_splits = n_folds(data, args.cv)
     names = data.class_names
     print(f"{len(data.paths)} images in {len(names)} classes: "
-          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts)))
+          + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts))
+          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
     if args.mode != "features":
         try:
             from ._finetune import FineTuneClassifier  # noqa: F401
@@ -254,6 +267,9 @@ def _cmd_train(args) -> int:
         )
         print("confusion matrix (rows: true class, columns: predicted class):")
         print(_format_confusion(confusion_matrix(data.y, result.predicted, labels=names), names))
+    rate = _learning_rate_line(result.model)
+    if rate:
+        print(rate)
     from ._persistence import save_model
 
     header = save_model(result.model, output)
@@ -265,12 +281,25 @@ def _cmd_train(args) -> int:
 
         title = f"{Path(args.folder).name}: {args.mode}, {args.backbone}"
         summary = [f"{len(data.paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
-                   f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"]
+                   f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"] + ([rate] if rate else [])
+        title += f", lr {result.model.lr_:.3g}" if rate else ""
         finder = getattr(result.model, "lr_finder_", None)
         write_report(args.report, data.y, result.predicted, names, paths=data.paths, confidence=result.confidence,
                      title=title, summary=summary, lr_finder=None if finder is None else finder.as_dict())
         print(f"report: {args.report}")
     return 0
+
+
+def _learning_rate_line(model) -> str | None:
+    """The rate a fine-tuned model trained at (``lr_``), and where it came from; None for other models."""
+    rate = getattr(model, "lr_", None)
+    if rate is None:
+        return None
+    finder = getattr(model, "lr_finder_", None)
+    if finder is None or model.lr != "auto":
+        return f"learning rate: {rate:.3g}"
+    how = "the default: the range test's curve showed no signal" if finder.fallback else "from the range test"
+    return f"learning rate: {rate:.3g} (lr='auto', {how}, which swept {finder.lrs[0]:.3g} to {finder.lrs[-1]:.3g})"
 
 
 # ---------------------------------------------------------------- predict
@@ -483,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cv", type=int, default=5,
                        help="folds, capped by the smallest class; 0 skips cross-validation (default: 5)")
     train.add_argument("--C", type=float, default=1.0, help="inverse regularisation of the logistic regression")
-    train.add_argument("--max-epochs", type=int, default=5, help="finetune/hybrid: epochs (default: 5)")
+    train.add_argument("--max-epochs", type=int, default=FINETUNE_MAX_EPOCHS,
+                       help="finetune/hybrid: epochs (default: %(default)s)")
     train.add_argument("--lr", type=_lr_arg, default=1e-3,
                        help="finetune/hybrid: learning rate, or 'auto' for an LR range test at the start of "
                             "training, whose curve --report shows (default: 1e-3)")
@@ -491,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="finetune/hybrid: 'backbone', 'none', or a number of blocks to freeze")
     train.add_argument(
         "--cache", default=None, help="features mode: embedding cache folder; a rerun (another --C) embeds nothing"
+    )
+    train.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="leave out images that cannot be decoded (a warning names them) instead of failing",
     )
     train.add_argument("--report", default=None, metavar="FILE", help="write report.html or report.png")
     train.add_argument("--random-state", type=int, default=0, help="seed for folds and initialisation")
@@ -518,9 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="write a saved featurizer pipeline as one ONNX file that runs without torch",
-        description="Convert MODEL (featurizer + the scikit-learn steps after it) into OUTPUT, one ONNX "
-        "file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
+        help="write a saved featurizer pipeline or fine-tuner as one ONNX file that runs without torch",
+        description="Convert MODEL (featurizer + the scikit-learn steps after it, or a fine-tuner) into OUTPUT, "
+        "one ONNX file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
         epilog=_examples("sklearn-tl export model.joblib model.onnx"),
         formatter_class=raw,
     )

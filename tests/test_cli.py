@@ -162,7 +162,7 @@ def test_train_html_report(photo_folder, tmp_path, capsys):
     assert "china" in page and "Misclassified images" in page
 
 
-def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path):
+def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path, capsys):
     assert main([
         "train", str(photo_folder), "--mode", "finetune", "--weights", "none", "--image-size", "32",
         "--max-epochs", "1", "--lr", "auto", "--cv", "2", "-o", str(tmp_path / "m.joblib"),
@@ -174,8 +174,81 @@ def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path):
 
     model = load_model(tmp_path / "m.joblib")
     assert model.lr == "auto" and f"{model.lr_finder_.suggestion:.3g}" in page
+    rate = f"learning rate: {model.lr_:.3g} (lr="  # the chosen rate, printed and in the report
+    assert rate in capsys.readouterr().out and rate in page
+    assert model.lr_finder_.lrs[0] <= model.lr_ <= model.lr_finder_.lrs[-1]
     with pytest.raises(SystemExit):
         main(["train", str(photo_folder), "--lr", "fast", "-o", str(tmp_path / "x.joblib")])
+
+
+@pytest.fixture
+def folder_with_broken_images(photo_folder, tmp_path):
+    """The photo folder plus a truncated JPEG (china) and a text file named .jpg (flower)."""
+    root = tmp_path / "photos"
+    for path in sorted(photo_folder.rglob("*.jpg")):
+        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / path.parent.name / path.name).write_bytes(path.read_bytes())
+    good = (photo_folder / "china" / "china_0.jpg").read_bytes()
+    (root / "china" / "half.jpg").write_bytes(good[: len(good) // 2])
+    (root / "flower" / "notes.jpg").write_text("not an image")
+    return root
+
+
+@pytest.mark.parametrize("mode, cv", [("features", "2"), ("finetune", "0")])
+def test_train_skip_unreadable_trains_on_the_rest(folder_with_broken_images, tmp_path, mode, cv):
+    from sklearn_tl import ImageReadWarning
+
+    root = folder_with_broken_images
+    args = ["train", root, "--mode", mode, "--weights", "none", "--image-size", "32", "--max-epochs", "1",
+            "--cv", cv, "-o", tmp_path / "m.joblib", "-q"]
+    result = run_in_process({}, *args)
+    assert_user_error(result, "train", "Cannot read image file")  # one bad file stops training by default
+    assert not (tmp_path / "m.joblib").exists()
+
+    with pytest.warns(ImageReadWarning) as record:
+        result = run_in_process({}, *args, "--skip-unreadable")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "16 images in 2 classes: china (8), flower (8); 2 unreadable image(s) skipped"
+    )
+    (warning,) = [str(w.message) for w in record if w.category is ImageReadWarning]
+    assert warning.startswith("2 of 18 image(s) could not be read and are left out: ")
+    assert str(root / "china" / "half.jpg") in warning and str(root / "flower" / "notes.jpg") in warning
+    from sklearn_tl._persistence import load_model
+
+    model = load_model(tmp_path / "m.joblib")
+    assert set(model.predict([str(root / "china" / "china_1.jpg")])) <= set(CLASSES)
+
+
+def test_readable_images_finds_a_truncated_large_jpeg(sample_photos, tmp_path):
+    # The check decodes at reduced scale (JPEG draft); a cut-off file must still fail it.
+    from sklearn_tl import ImageReadWarning
+    from sklearn_tl._training import LabelledImages, readable_images
+
+    buffer = io.BytesIO()
+    Image.fromarray(sample_photos[0]).save(buffer, "JPEG", quality=90)
+    paths = [tmp_path / "whole.jpg", tmp_path / "cut.jpg", tmp_path / "other.jpg"]
+    paths[0].write_bytes(buffer.getvalue())
+    paths[1].write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 3 // 4])
+    paths[2].write_bytes(buffer.getvalue())
+    data = LabelledImages([str(p) for p in paths], np.array(["a", "a", "b"], dtype=object), ["a", "b"],
+                          np.array([2, 1]))
+    with pytest.warns(ImageReadWarning, match="cut.jpg"):
+        kept, left_out = readable_images(data)
+    assert kept.paths == [str(paths[0]), str(paths[2])] and list(kept.y) == ["a", "b"]
+    assert kept.counts.tolist() == [1, 1] and left_out == [str(paths[1])]
+    assert data.paths == [str(p) for p in paths]  # the input is not modified
+
+
+def test_train_skip_unreadable_refuses_a_class_with_no_readable_image(folder_with_broken_images, tmp_path):
+    for path in (folder_with_broken_images / "flower").glob("flower_*.jpg"):
+        path.write_bytes(b"\xff\xd8 not a jpeg")
+    from sklearn_tl import ImageReadWarning
+
+    with pytest.warns(ImageReadWarning, match="10 of 18 image"):
+        result = run_in_process({}, "train", folder_with_broken_images, "--weights", "none", "--skip-unreadable",
+                                "-o", tmp_path / "m.joblib")
+    assert_user_error(result, "train", "Class 'flower' has no readable image")
 
 
 # ---------------------------------------------------------------- predict
@@ -411,3 +484,21 @@ def test_every_command_has_help_with_examples(command, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"usage: sklearn-tl {command}")
     assert f"Examples:\n  sklearn-tl {command}" in out
+
+
+# ---------------------------------------------------------------- messages in command-line words
+
+
+def test_missing_weights_hint_names_the_option(cli_env, photo_folder, tmp_path):
+    result = run_in_process(cli_env, "featurize", photo_folder / "china" / "china_0.jpg", "--weights", "IMAGENET1K_V1",
+                            "--backbone", "resnet18", "-o", tmp_path / "e.npy")
+    assert_user_error(result, "featurize", "is not on this machine")
+    assert "--weights '/path/to/resnet18-" in result.stderr and "weights='" not in result.stderr
+
+
+def test_python_api_keeps_the_argument_in_the_weights_hint(cli_env, monkeypatch):
+    from sklearn_tl import PretrainedCNNFeaturizer, WeightsNotFoundError
+
+    monkeypatch.setenv("TORCH_HOME", cli_env["TORCH_HOME"])
+    with pytest.raises(WeightsNotFoundError, match="pass weights='/path/to/resnet18-"):
+        PretrainedCNNFeaturizer("resnet18", weights="IMAGENET1K_V1").fit(np.zeros((1, 8, 8, 3), np.uint8))

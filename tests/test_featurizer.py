@@ -362,7 +362,7 @@ def test_joblib_deploy_in_a_fresh_cpu_only_process(tmp_path, textures):
 def test_pickled_state_is_on_the_cpu(small_images_module):
     featurizer = tiny().fit(small_images_module)
     state = featurizer.__getstate__()
-    assert all(p.device.type == "cpu" for p in state["_backbone"].parameters())
+    assert all(isinstance(a, np.ndarray) for a in state["_backbone"].values())  # data: numpy arrays, CPU
     restored = pickle.loads(pickle.dumps(featurizer))
     np.testing.assert_array_equal(restored.transform(small_images_module), featurizer.transform(small_images_module))
 

@@ -1,5 +1,6 @@
 """Images at scale: folders of real photos, odd formats, bad files, streaming."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,8 @@ class TestStreaming:
         tiny(progress=True).fit(crops).transform(crops)
         err = capsys.readouterr().err
         assert "img/s" in err and "6/6" in err
+        refreshes = [line for line in re.split(r"[\r\n]+", err) if "featurizing" in line]
+        assert all(len(re.findall("img/s|s/img", line)) <= 1 for line in refreshes), refreshes  # one rate
 
 
 PEAK_RSS_SCRIPT = textwrap.dedent(
@@ -401,7 +404,7 @@ class TestCollectImages:
 def test_value_range_is_part_of_the_content_key_and_refused_for_keyed_paths(tmp_path, crops):
     from sklearn_tl._images import as_image_source
 
-    X = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 4, 4)
+    X = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 2, 8)  # not (2, 4, 4): that reads as one RGBA image
     plain = as_image_source(X / 31)
     for data in (X, [X[0], X[1]], torch.tensor(X)):
         keys = {as_image_source(data, value_range=r).content_key(0) for r in [(0, 31), (0, 40), (-1, 31)]}

@@ -1,4 +1,7 @@
-"""The ONNX Runtime backend: agreement with torch, fallback, pickling, int8, decoding overlap."""
+"""The ONNX Runtime backend: agreement with torch, fallback, pickling, int8, decoding overlap.
+
+export_onnx is tested in test_export.py.
+"""
 
 import pickle
 import threading
@@ -7,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer
@@ -249,118 +251,6 @@ class TestInt8:
         # Lossy but the same model (measured: see README "Backends"); not the fp32 rows.
         assert cosine.mean() >= 0.95 and cosine.min() >= 0.8
         assert not np.allclose(int8, fp32, rtol=1e-3, atol=1e-3)
-
-
-TORCH_FREE = """
-import sys
-sys.modules["torch"] = None  # `import torch` fails in this process
-try:
-    import torch  # noqa: F401
-except ImportError:
-    pass
-else:
-    raise SystemExit("torch imported")
-import importlib.util
-import numpy as np
-import onnxruntime
-spec = importlib.util.spec_from_file_location("onnx_images", {helper!r})
-onnx_images = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(onnx_images)
-session = onnxruntime.InferenceSession({model!r}, providers=["CPUExecutionProvider"])
-images = np.load({images!r})
-batch = onnx_images.prepare_images(list(images), **onnx_images.preprocessing_of(session))
-label, probabilities = session.run(["label", "probabilities"], {{"images": batch}})
-np.save({out!r}, probabilities)
-np.save({labels!r}, label)
-assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None and m.split(".")[0] == "torch"]
-"""
-
-
-class Doubler(TransformerMixin, BaseEstimator):
-    """A transformer skl2onnx has no converter for."""
-
-    def fit(self, X, y=None):
-        self.fitted_ = True
-        return self
-
-    def transform(self, X):
-        return 2 * X
-
-
-@pytest.fixture(scope="module")
-def pipeline(textures):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X, y = textures
-    featurizer = PretrainedCNNFeaturizer("resnet18", weights=None, image_size=40, random_state=0)
-    return make_pipeline(featurizer, StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
-
-
-class TestExportOnnx:
-    def test_runs_where_torch_cannot_be_imported(self, pipeline, textures, tmp_path):
-        import os
-        import subprocess
-        import sys
-
-        import sklearn_tl
-        from sklearn_tl import load_model, save_model
-        from sklearn_tl.cli import main
-
-        X, _ = textures  # 48 px: the featurizer's resize length (46) differs, so the helper resizes too
-        crop = pipeline[0].data_config_
-        save_model(pipeline, tmp_path / "model.joblib")
-        assert main(["export", str(tmp_path / "model.joblib"), str(tmp_path / "model.onnx")]) == 0
-        # Images already at the resize length: the helper's crop is exactly the featurizer's.
-        exact = X[:, :crop.resize_size, :crop.resize_size]
-        for name, images in {"exact": exact, "resized": X}.items():
-            np.save(tmp_path / f"{name}.npy", images)
-            script = TORCH_FREE.format(
-                helper=os.path.join(os.path.dirname(sklearn_tl.__file__), "onnx_images.py"),
-                model=str(tmp_path / "model.onnx"),
-                images=str(tmp_path / f"{name}.npy"),
-                out=str(tmp_path / f"{name}-proba.npy"),
-                labels=str(tmp_path / f"{name}-labels.npy"),
-            )
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-            assert done.returncode == 0, done.stderr[-2000:]
-        loaded = load_model(tmp_path / "model.joblib")
-        np.testing.assert_array_equal(np.load(tmp_path / "exact-labels.npy"), loaded.predict(exact))
-        np.testing.assert_allclose(np.load(tmp_path / "exact-proba.npy"), loaded.predict_proba(exact), atol=1e-4)
-        # Pillow's resize is not torchvision's to the last grey level: the same labels all the same.
-        np.testing.assert_array_equal(np.load(tmp_path / "resized-labels.npy"), loaded.predict(X))
-
-    def test_what_cannot_be_converted_is_named(self, pipeline, textures, tmp_path):
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import FunctionTransformer
-
-        X, y = textures
-        odd = make_pipeline(pipeline[0], Doubler().fit(X), pipeline[-1])
-        with pytest.raises(ValueError, match=r"'doubler' \(Doubler\) cannot be converted"):
-            sklearn_tl_export(odd, tmp_path / "m.onnx")
-        refused = make_pipeline(pipeline[0], FunctionTransformer(np.abs).fit(X[:1]), pipeline[-1])
-        with pytest.raises(ValueError, match=r"could not convert the step\(s\) 'functiontransformer'"):
-            sklearn_tl_export(refused, tmp_path / "m.onnx")
-        with pytest.raises(TypeError, match="first step is a PretrainedCNNFeaturizer"):
-            sklearn_tl_export(make_pipeline(FunctionTransformer(), pipeline[-1]), tmp_path / "m.onnx")
-
-    def test_a_bare_featurizer_gives_embeddings(self, pipeline, textures, tmp_path):
-        import onnxruntime
-
-        from sklearn_tl.onnx_images import prepare_images, preprocessing_of
-
-        X, _ = textures
-        session = onnxruntime.InferenceSession(sklearn_tl_export(pipeline[0], tmp_path / "f.onnx"))
-        embedded = session.run(["embeddings"], {"images": prepare_images(list(X[:4]), **preprocessing_of(session))})[0]
-        assert row_cosine(embedded, pipeline[0].transform(X[:4])).min() > 0.99
-
-
-def sklearn_tl_export(model, path):
-    from sklearn_tl import export_onnx
-
-    return export_onnx(model, path)
 
 
 class TestFineTuner:

@@ -11,7 +11,7 @@ from torch import nn
 
 import sklearn_tl._preprocess as preprocess_module
 from sklearn_tl._augment import AUGMENT_PRESETS, resolve_augment
-from sklearn_tl._lr_find import lr_range_test, suggest_lr
+from sklearn_tl._lr_find import LRFinderWarning, lr_range_test, suggest_lr
 from sklearn_tl._preprocess import DataConfig, ImageTransform
 from sklearn_tl._probe import fit_head
 
@@ -150,4 +150,38 @@ class TestLRRangeTest:
         lrs = np.logspace(-6, 0, 13)  # a fitted head: flat, then the loss blows up from lrs[9]
         losses = [0.30, 0.29, 0.31, 0.30, 0.30, 0.29, 0.30, 0.31, 0.35, 0.60, 2.0, 9.0, np.inf]
         assert suggest_lr(lrs, losses) == pytest.approx(lrs[9] / 10)
-        assert suggest_lr(lrs, [0.3] * 13) == pytest.approx(lrs[-1] / 10)  # never diverged
+        assert suggest_lr(lrs, [0.3] * 13) is None  # never fell, never diverged: no signal (issue 22)
+
+    def test_flat_loss_gives_no_suggestion(self):
+        lrs = np.logspace(-6, 0, 40)
+        noise = np.random.default_rng(0).normal(0, 0.01, 40)
+        assert suggest_lr(lrs, 0.65 + noise) is None  # batch-to-batch noise of a loss that does not move
+
+    def test_near_zero_loss_gives_no_suggestion(self):
+        # The issue's curve: a head that already fits the images, smoothed losses 0.0099 down to 0.0019.
+        lrs = np.logspace(-6, 0, 40)
+        noise = np.random.default_rng(1).normal(0, 0.0004, 40)
+        losses = np.linspace(0.0099, 0.0019, 40) + noise
+        assert suggest_lr(lrs, losses) is None
+
+    def test_suggestion_never_leaves_the_swept_range(self):
+        lrs = np.logspace(-6, 0, 30)  # the loss rises from the first rates on: a tenth of the edge is below 1e-6
+        losses = [0.5, 0.5, 0.5, 0.9, 1.6, 2.5, 4.0] + [6.0] * 23
+        assert lrs[0] <= suggest_lr(lrs, losses) <= lrs[-1]
+        rising = np.linspace(0.4, 3.0, 30)
+        assert lrs[0] <= suggest_lr(lrs, rising) <= lrs[-1]
+
+    def test_no_signal_falls_back_to_the_default_with_one_warning(self):
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(64, 5)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(np.int64)
+        net = NeuralNetClassifier(SmallNet, lr=0.01, optimizer=torch.optim.SGD, batch_size=16,
+                                  criterion=nn.CrossEntropyLoss, max_epochs=0, train_split=None, verbose=0,
+                                  optimizer__param_groups=[("*", {"lr": 0.0})])  # nothing moves: a flat curve
+        net.initialize()
+        with pytest.warns(LRFinderWarning, match="no clear fall or rise") as record:
+            result = lr_range_test(net, net.get_dataset(X, y), start_lr=1e-2, end_lr=10.0, num_iter=30,
+                                   default_lr=1e-3)
+        assert len(record) == 1 and result.fallback
+        assert result.suggestion == pytest.approx(1e-2)  # the default, kept within the swept range
+        assert result.as_dict()["fallback"] is True
