@@ -231,7 +231,7 @@ def _format_label_scores(scores, names) -> str:
 
 def _cmd_train(args) -> int:
     output = Path(args.output)
-    _check_output(output, (".joblib", ".pkl"))
+    _check_output(output, (".joblib", ".pkl", ".skops"))
     if args.report is not None:
         _check_output(Path(args.report), (".html", ".htm", ".png"))
         if args.cv == 0:
@@ -450,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "sklearn-tl demo",
             "sklearn-tl backbones --include 'resnet*'",
-            "sklearn-tl train photos/ -o model.joblib --report report.html",
-            "sklearn-tl predict model.joblib new/*.jpg",
+            "sklearn-tl train photos/ -o model.skops --report report.html",
+            "sklearn-tl predict model.skops new/*.jpg",
             "sklearn-tl <command> --help",
         ),
         formatter_class=raw,
@@ -517,13 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
         "logistic regression on the tuned embeddings). With --labels FILE.csv instead of DIR, each "
         "image has any number of labels: every mode trains a multilabel FineTuneClassifier (one "
         "logistic regression per label in 'features' and 'hybrid'), and the output is the k-fold "
-        "samples-F1 and per-label precision, recall and F1. The model file is a joblib pickle: load "
-        "only files you trust.",
+        "samples-F1 and per-label precision, recall and F1. A .skops file (the default) loads without "
+        "running code; a .joblib or .pkl file is a pickle: load only files you trust.",
         epilog=_examples(
-            "sklearn-tl train photos/ -o model.joblib",
-            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.joblib",
-            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.joblib --report report.png",
-            "sklearn-tl train --labels labels.csv --mode finetune -o tagger.joblib",
+            "sklearn-tl train photos/ -o model.skops",
+            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.skops",
+            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.skops --report report.png",
+            "sklearn-tl train --labels labels.csv --mode finetune -o tagger.skops",
         ),
         formatter_class=raw,
     )
@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead of DIR, several labels per image: a CSV with the columns 'path' (relative "
                             "to the CSV's folder) and 'labels' (separated by ';', may be empty); trains a "
                             "multilabel model and reports per-label precision, recall and F1")
-    train.add_argument("-o", "--output", default="model.joblib", help="model file (default: model.joblib)")
+    train.add_argument("-o", "--output", default="model.skops",
+                       help="model file: .skops (safe, the default: model.skops), .joblib or .pkl (pickle)")
     train.add_argument("--mode", choices=["features", "finetune", "hybrid"], default="features",
                        help="(default: features)")
     _add_backbone_args(train)
@@ -562,11 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict labels of images with a saved model",
         description="Print path, label and probability (tab-separated) for each image, or write a CSV "
-        "with one probability column per class. Inputs as for featurize. The model file is a "
-        "joblib pickle, which can run code when loaded: load only files you trust.",
+        "with one probability column per class. Inputs as for featurize. A .skops model file "
+        "loads without running code (only sklearn_tl's own types are trusted); a .joblib file is a "
+        "pickle, which can run code when loaded: load only files you trust.",
         epilog=_examples(
-            "sklearn-tl predict model.joblib new/*.jpg",
-            "sklearn-tl predict model.joblib new/ --csv predictions.csv",
+            "sklearn-tl predict model.skops new/*.jpg",
+            "sklearn-tl predict model.skops new/ --csv predictions.csv",
         ),
         formatter_class=raw,
     )
@@ -583,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a saved featurizer pipeline or fine-tuner as one ONNX file that runs without torch",
         description="Convert MODEL (featurizer + the scikit-learn steps after it, or a fine-tuner) into OUTPUT, "
         "one ONNX file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
-        epilog=_examples("sklearn-tl export model.joblib model.onnx"),
+        epilog=_examples("sklearn-tl export model.skops model.onnx"),
         formatter_class=raw,
     )
     export.add_argument("model", help="a model file written by `sklearn-tl train` or save_model")
