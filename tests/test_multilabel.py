@@ -228,7 +228,7 @@ class TestCommandLine:
             Image.fromarray(tile).save(tmp_path / f"tile{i}.png")
             rows.append(f"tile{i}.png,{';'.join(present)}")
         (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-        model = tmp_path / "tagger.joblib"
+        model = tmp_path / "tagger.skops"  # the safe default format
         assert main([
             "train", "--labels", str(tmp_path / "labels.csv"), "--mode", "hybrid", "--weights", "none",
             "--image-size", "32", "--max-epochs", "1", "--cv", "2", "-o", str(model),
