@@ -191,7 +191,9 @@ class KeepBestEpoch(Callback):
 
 
 def valid_accuracy(net, X, y):
-    """Accuracy on the encoded validation targets (works with skorch's caching)."""
+    """Accuracy on the encoded validation targets, subset accuracy for multilabel ones (works with skorch's caching)."""
     logits = net.forward(X)
     y = np.asarray(y if not isinstance(y, torch.Tensor) else y.cpu().numpy())
+    if y.ndim == 2:  # multilabel: the share of images with every label right (sklearn's accuracy_score)
+        return float(np.mean(((logits > 0).cpu().numpy() == (y > 0.5)).all(axis=1)))
     return float(np.mean(logits.argmax(1).cpu().numpy() == y.reshape(-1)))
