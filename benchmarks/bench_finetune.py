@@ -40,6 +40,13 @@
    fine-tuning with no validation split. Single epochs alternate so machine
    noise hits both alike; the median per-pair ratio.
 
+3. ``--targets multilabel-tiles,texture-fraction``: several labels per image
+   and a continuous target, real images again: which of six photos appear in
+   a 2x2 tile of their patches (samples-F1), and the area share of brick in a
+   tile split between brick and grass (R²). Raw pixels and the linear probe
+   (``OneVsRestClassifier(LogisticRegression)`` / ``RidgeCV``) against the
+   ``FineTuneClassifier`` / ``FineTuneRegressor`` defaults.
+
     python benchmarks/bench_finetune.py --write benchmarks/RESULTS_finetune.md
     python benchmarks/bench_finetune.py --epochs-list 1,2,3,5,10 \
         --datasets digits300/1,digits300/2,digits,textures,photos
@@ -354,7 +361,7 @@ def overhead(args, data, device):
     return statistics.median(ours_s), statistics.median(plain_s), statistics.median(ratios), len(ratios)
 
 
-def report(args, results, timing, device) -> str:
+def report(args, results, timing, device, targets=None) -> str:
     lines = [
         "## Fine-tuning (`benchmarks/bench_finetune.py`)",
         "",
@@ -371,6 +378,8 @@ def report(args, results, timing, device) -> str:
         lines += recipe_table(args, results)
     if timing is not None:
         lines += timing_table(args, timing)
+    if targets:
+        lines += targets_table(args, targets)
     return "\n".join(lines)
 
 
@@ -387,6 +396,147 @@ def timing_table(args, timing) -> list[str]:
         f"| {timing[0]:.2f} | {timing[1]:.2f} | {timing[2]:.3f} |",
         "",
     ]
+
+
+# -- several labels per image, and continuous targets (FineTuneClassifier multilabel, FineTuneRegressor) -----
+
+TILE_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "china", "flower")
+
+
+def multilabel_tiles(n_train=300, n_test=200, patch=24, seed=0):
+    """2x2 tiles of real photo patches; the labels say which of six photos appear in the tile.
+
+    Each quadrant is a patch of a photo drawn at random, so a tile holds one to
+    four of the photos. Train tiles are cut from the left half of each photo,
+    test tiles from the right half. ``Y`` is the (n, 6) 0/1 indicator matrix.
+    """
+    import skimage.data
+
+    sample = load_sample_images()
+    photos = [getattr(skimage.data, name)() for name in TILE_SOURCES[:4]] + list(sample.images)
+    rng = np.random.default_rng(seed)
+
+    def tiles(n, half):
+        X, Y = [], np.zeros((n, len(photos)), dtype=np.int64)
+        for i in range(n):
+            sources = rng.integers(0, len(photos), 4)
+            quads = []
+            for source in sources:
+                photo = photos[source]
+                middle = photo.shape[1] // 2
+                part = photo[:, :middle] if half == 0 else photo[:, middle:]
+                quads.append(_patches(part, 1, patch, rng)[0])
+            X.append(np.concatenate([np.concatenate(quads[:2], 1), np.concatenate(quads[2:], 1)], 0))
+            Y[i, sources] = 1
+        return np.stack(X), Y
+
+    X_train, Y_train = tiles(n_train, 0)
+    X_test, Y_test = tiles(n_test, 1)
+    return X_train, Y_train, X_test, Y_test
+
+
+def texture_fractions(n_train=300, n_test=200, size=48, textures=("brick", "grass"), seed=0):
+    """Tiles split between two real textures by a straight edge; the target is the first texture's area share.
+
+    The edge is vertical or horizontal, the first texture on either side, its
+    share ``k / size`` for a random ``k`` in ``0 .. size``. Patches of scikit-image's
+    512x512 texture photos (as :func:`sklearn_tl.load_textures`): train tiles
+    from the top half of each photo, test tiles from the bottom half.
+    """
+    import skimage.data
+
+    first, second = (getattr(skimage.data, name)() for name in textures)
+    rng = np.random.default_rng(seed)
+
+    def tiles(n, half):
+        rows = slice(0, 256) if half == 0 else slice(256, 512)
+        X, y = [], np.empty(n)
+        for i in range(n):
+            a, b = _patches(first[rows], 1, size, rng)[0], _patches(second[rows], 1, size, rng)[0]
+            k = int(rng.integers(0, size + 1))
+            mask = np.zeros((size, size), dtype=bool)
+            mask[:, :k] = True
+            mask = np.rot90(mask, int(rng.integers(0, 4)))  # edge vertical or horizontal, either side
+            X.append(np.where(mask, a, b))
+            y[i] = k / size
+        return np.stack(X), y
+
+    X_train, y_train = tiles(n_train, 0)
+    X_test, y_test = tiles(n_test, 1)
+    return X_train, y_train, X_test, y_test
+
+
+TARGET_TASKS = {"multilabel-tiles": multilabel_tiles, "texture-fraction": texture_fractions}
+
+
+def compare_targets(args, name, data):
+    """Raw pixels, the linear probe and the fine-tuner's defaults on a multilabel or regression task."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import f1_score, r2_score
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from sklearn_tl._finetune_regressor import FineTuneRegressor
+
+    X_train, y_train, X_test, y_test = data
+    multilabel = y_train.ndim == 2
+    flat = lambda X: X.reshape(len(X), -1).astype(np.float32) / 255  # noqa: E731
+    common = dict(weights=WEIGHTS, image_size=args.image_size)
+    if multilabel:
+        metric = lambda model, X: f1_score(y_test, model.predict(X), average="samples")  # noqa: E731
+        head = lambda: OneVsRestClassifier(make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)))  # noqa: E731
+        tuner = FineTuneClassifier
+    else:
+        metric = lambda model, X: r2_score(y_test, model.predict(X))  # noqa: E731
+        head = lambda: RidgeCV(alphas=np.logspace(-3, 3, 13))  # noqa: E731
+        tuner = FineTuneRegressor
+    rows = {}
+
+    def timed(make, X_fit, X_eval):
+        start = time.perf_counter()
+        model = make().fit(X_fit, y_train)
+        return metric(model, X_eval), time.perf_counter() - start
+
+    rows["raw pixels"] = timed(head, flat(X_train), flat(X_test))
+    rows["linear probe"] = timed(lambda: make_pipeline(PretrainedCNNFeaturizer("mobilenet_v2", **common), head()),
+                                 X_train, X_test)
+    print(name, "raw pixels", rows["raw pixels"], "linear probe", rows["linear probe"], flush=True)
+    variants = {f"{tuner.__name__}() defaults": {}, **args.variant}
+    for label, params in variants.items():
+        runs = [
+            timed(lambda: tuner("mobilenet_v2", random_state=seed, **{"max_epochs": args.epochs, **common, **params}),
+                  X_train, X_test)
+            for seed in range(args.seeds)
+        ]
+        rows[label] = tuple(np.mean(runs, axis=0)) + (np.ptp([r[0] for r in runs]),)
+        print(name, label, rows[label], flush=True)
+    kind = f"{y_train.shape[1]} labels, samples-F1" if multilabel else "R²"
+    return rows, (len(X_train), len(X_test), kind)
+
+
+def targets_table(args, results) -> list[str]:
+    lines = [
+        f"### Several labels per image and continuous targets: test score (fit time, s), {args.epochs} epochs, "
+        f"{args.image_size} px, mean of {args.seeds} seeds for the fine-tuner",
+        "",
+        "| model | " + " | ".join(f"{n} ({r[1][0]} train / {r[1][1]} test, {r[1][2]})" for n, r in results.items()) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    labels = {n: list(r[0]) for n, r in results.items()}
+    for position in range(max(len(v) for v in labels.values())):
+        cells, label = [], None
+        for n, (rows, _) in results.items():
+            if position >= len(labels[n]):
+                cells.append("")
+                continue
+            label = labels[n][position] if position < 2 else "fine-tune " + labels[n][position].split("()")[-1].strip()
+            row = rows[labels[n][position]]
+            spread = f" ±{row[2] / 2:.3f}" if len(row) > 2 and args.seeds > 1 else ""
+            cells.append(f"{row[0]:.3f}{spread} ({row[1]:.0f} s)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    gaps = {n: r[0][list(r[0])[2]][0] - r[0]["linear probe"][0] for n, r in results.items()}
+    lines += ["", "Defaults minus linear probe: " + ", ".join(f"{n} {gap:+.3f}" for n, gap in gaps.items())
+              + ". ± is half the range over the seeds.", ""]
+    return lines
 
 
 def _variant(text: str):
@@ -408,6 +558,8 @@ def main(argv=None):
     parser.add_argument("--train-split", type=float, default=None,
                         help="with --epochs-list: fine-tune with a stratified validation split of this fraction")
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: " + ", ".join(DATASETS))
+    parser.add_argument("--targets", default="", help="comma-separated multilabel / regression tasks: "
+                        + ", ".join(TARGET_TASKS))
     parser.add_argument("--overhead", action="store_true", help="also time epochs against a plain PyTorch loop")
     parser.add_argument("--variant", action="append", default=[], type=_variant, metavar='NAME=JSON',
                         help='an extra row (with --epochs-list: column) of the defaults with these parameters, e.g. '
@@ -424,7 +576,8 @@ def main(argv=None):
     run = budgets if args.epochs_list else compare
     results = {name: run(args, name, DATASETS[name]()) for name in args.datasets.split(",") if name}
     timing = overhead(args, digits(800, 0), device) if args.overhead else None
-    emit(report(args, results, timing, device), args.write)
+    targets = {name: compare_targets(args, name, TARGET_TASKS[name]()) for name in args.targets.split(",") if name}
+    emit(report(args, results, timing, device, targets), args.write)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """sklearn_tl: transfer learning for images with scikit-learn estimators.
 
 ``PretrainedCNNFeaturizer`` turns images into embeddings of a pretrained CNN
-inside any scikit-learn Pipeline; ``FineTuneClassifier`` tunes the network on
-your labels (skorch).
+inside any scikit-learn Pipeline; ``FineTuneClassifier`` and
+``FineTuneRegressor`` tune the network on your labels or targets (skorch).
 
 The public names are imported on first use (PEP 562), so ``import sklearn_tl``
 and ``sklearn-tl --help`` load neither torch nor scikit-learn;
@@ -32,6 +32,7 @@ _PUBLIC = {
     "export_onnx": "_export",
     "PretrainedCNNFeaturizer": "_featurizer",
     "FineTuneClassifier": "_finetune",
+    "FineTuneRegressor": "_finetune_regressor",
     "ImageReadError": "_images",
     "LRFinderWarning": "_lr_find",
     "OnnxFallbackWarning": "_onnx",

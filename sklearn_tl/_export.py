@@ -32,7 +32,7 @@ from .onnx_images import METADATA_PREFIX
 
 __all__ = ["export_onnx"]
 
-LABEL, PROBABILITIES = "label", "probabilities"
+LABEL, PROBABILITIES, VARIABLE = "label", "probabilities", "variable"
 # The converted steps against their own predict_proba on the same embeddings (float32 vs float64).
 PROBA_ATOL = 1e-4
 MAX_MESSAGE = 300
@@ -140,13 +140,49 @@ def _label_tensor(name: str, classes):
     raise TypeError(f"export_onnx writes int, float or str class labels; classes_ has dtype {classes.dtype}.")
 
 
+class _Unstandardised(torch.nn.Module):
+    """A regressor's standardised outputs in the units of ``y``: ``outputs * scale + mean``."""
+
+    def __init__(self, mean, scale):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale), dtype=torch.float32))
+
+    def forward(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float() * self.scale + self.mean
+
+
+def _regressor_outputs(estimator) -> _Head:
+    """A fine-tuned regressor's ``variable`` (skl2onnx's name): its ``predict``, ``(N, n_outputs_)`` float32."""
+    return _Head(_Unstandardised(estimator.target_mean_, estimator.target_scale_), VARIABLE, [], [], [])
+
+
+def _multilabel_outputs(estimator) -> _Head:
+    """A multilabel fine-tuner's ``probabilities`` (each label's sigmoid) and ``label`` (the 0/1 matrix)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    threshold = numpy_helper.from_array(np.asarray(estimator.threshold, dtype=np.float32), "head_threshold")
+    nodes = [
+        helper.make_node("GreaterOrEqual", [PROBABILITIES, "head_threshold"], ["head_present"]),
+        helper.make_node("Cast", ["head_present"], [LABEL], to=TensorProto.INT64),
+    ]
+    label = helper.make_tensor_value_info(LABEL, TensorProto.INT64, ["batch", len(estimator.classes_)])
+    return _Head(torch.sigmoid, PROBABILITIES, nodes, [threshold], [label])
+
+
 def _head_outputs(estimator) -> _Head:
     """A fine-tuner's own outputs: ``probabilities`` = its predict nonlinearity of the logits, ``label`` its argmax.
 
-    The same as its ``predict_proba`` and ``predict`` (``classes_[argmax]``).
+    The same as its ``predict_proba`` and ``predict`` (``classes_[argmax]``); for several labels per
+    image, each label's probability and the 0/1 matrix; for a regressor, its predictions.
     """
     from onnx import helper
+    from sklearn.base import is_regressor
 
+    if is_regressor(estimator):
+        return _regressor_outputs(estimator)
+    if getattr(estimator, "multilabel_", False) and estimator.predict_nonlinearity == "auto":
+        return _multilabel_outputs(estimator)
     classes = _label_tensor("head_classes", estimator.classes_)
     nodes = [
         helper.make_node("ArgMax", [PROBABILITIES], ["head_label_index"], axis=1, keepdims=0),
@@ -439,6 +475,10 @@ def export_onnx(model, path, *, opset: int = ONNX_OPSET) -> str:
     - ``label`` and, if the model has ``predict_proba``, ``probabilities``
       (columns in the order of ``classes_``) for a classifier: a Pipeline
       ending in one, a fine-tuner (its own head, or its ``final_estimator_``);
+      for a fine-tuner fitted on several labels per image, ``label`` is the
+      0/1 int64 matrix ``predict`` gives and ``probabilities`` each label's;
+    - ``variable``, float32 ``(N, n_outputs_)``, for a ``FineTuneRegressor``
+      (its ``predict``, in the units of ``y``);
     - ``skl2onnx``'s outputs for other steps (e.g. ``variable``).
 
     The exported network is checked against torch, and the converted
@@ -448,8 +488,8 @@ def export_onnx(model, path, *, opset: int = ONNX_OPSET) -> str:
     Parameters
     ----------
     model : estimator
-        Fitted: a ``PretrainedCNNFeaturizer``, a ``FineTuneClassifier``
-        (with or without ``final_estimator``), a ``Pipeline`` whose first
+        Fitted: a ``PretrainedCNNFeaturizer``, a ``FineTuneClassifier`` or
+        ``FineTuneRegressor`` (with or without ``final_estimator``), a ``Pipeline`` whose first
         step is one of them (nested Pipelines are flattened), or a
         ``GridSearchCV`` / ``RandomizedSearchCV`` of one (its
         ``best_estimator_``; searches inside a Pipeline too). Every step after

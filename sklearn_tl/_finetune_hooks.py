@@ -5,8 +5,7 @@ decide where and how a batch is trained: the image dataset (augmented for
 training only), loaders that never leave a BatchNorm a last batch of one,
 autocast with a gradient scaler whose gradients are unscaled before callbacks
 see them, BatchNorm statistics of frozen layers kept, and the pretrained
-layers' own learning rate; labels of any sklearn kind encoded against
-``classes_``; inference on the device ``device`` names at call time, and
+layers' own learning rate; inference on the device ``device`` names at call time, and
 pickles that load on a machine without the training device. It needs the attributes the estimator resolves in
 ``initialize()``: ``device_``, ``autocast_dtype_``, ``grad_scaler_`` and
 ``data_config_``.
@@ -15,13 +14,9 @@ pickles that load on a machine without the training device. It needs the attribu
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
-import numpy as np
 import torch
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_tensor
 from torch import nn
@@ -44,14 +39,6 @@ def with_transform(dataset, transform):
     if isinstance(dataset, ImageDataset):
         return ImageDataset(dataset.source, transform, dataset.targets, weights=dataset.weights)
     return dataset
-
-
-def _has_nan_label(y: np.ndarray) -> bool:
-    if y.dtype.kind == "f":
-        return bool(np.isnan(y).any())
-    if y.dtype.kind == "O":
-        return any(v is None or (isinstance(v, float) and math.isnan(v)) for v in y)
-    return False
 
 
 class ImageTrainingMixin:
@@ -120,7 +107,7 @@ class ImageTrainingMixin:
     def _resolved_train_split(self):
         if self.train_split is not None or not self.early_stopping:
             return self.train_split
-        return ValidSplit(self.validation_fraction, stratified=True, random_state=getattr(self, "_fit_seed", None))
+        return ValidSplit(self.validation_fraction, stratified=self._stratified_split, random_state=getattr(self, "_fit_seed", None))
 
     def get_split_datasets(self, X, y=None, **fit_params):
         pending = self.__dict__.pop("_fit_split", None)
@@ -177,6 +164,7 @@ class ImageTrainingMixin:
         criterion = copy.copy(self.criterion_)  # the fitted criterion is not changed
         criterion.reduction = "none"
         losses = criterion(y_pred, y_true)
+        losses = losses.reshape(len(losses), -1).mean(dim=1)  # one loss per image, also for several outputs
         return (losses * X["sample_weight"].to(losses.device)).mean()
 
     def train_step_single(self, batch, **fit_params):
@@ -220,46 +208,6 @@ class ImageTrainingMixin:
         if self.batchnorm_stats == "auto":
             return self.weights is not None
         return self.batchnorm_stats == "frozen"
-
-    # -- labels ----------------------------------------------------------------
-
-    def _check_labels(self, y, reset: bool, classes=None) -> np.ndarray:
-        """``y`` as a 1-D array of classification labels, checked before ``X``."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        y = column_or_1d(y, warn=True)
-        if y.size == 0:
-            raise ValueError("y is empty: at least one labelled image is required.")
-        if _has_nan_label(y):
-            raise ValueError("y contains NaN or None labels; every image needs a label.")
-        check_classification_targets(y)
-        if reset and self.classes is None and classes is None and len(np.unique(y)) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs at least 2 classes to learn from; y has only one class: {y[0]!r}."
-            )
-        return y
-
-    def _encode_labels(self, y: np.ndarray, n_samples: int, reset: bool, classes=None) -> np.ndarray:
-        if len(y) != n_samples:
-            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels; they must match.")
-        if reset:
-            given = self.classes if self.classes is not None else classes
-            known = np.unique(y) if given is None else np.asarray(given)
-            if len(known) < 2:
-                raise ValueError(
-                    f"FineTuneClassifier needs at least 2 classes to learn from; y has only one class: {known[0]!r}."
-                )
-            self.classes_inferred_ = np.unique(known) if self.classes is None else known
-        known = self.classes_
-        order = np.argsort(known, kind="stable")
-        positions = np.clip(np.searchsorted(known[order], y), 0, len(known) - 1)
-        encoded = order[positions]
-        unseen = known[encoded] != y
-        if unseen.any():
-            raise ValueError(
-                f"y contains labels not among classes_ {known.tolist()!r}: {sorted(set(y[unseen].tolist()))!r}."
-            )
-        return encoded.astype(np.int64)
 
     def check_data(self, X, y):
         pass  # validated in fit; skorch's version would overwrite classes_ with codes

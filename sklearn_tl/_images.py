@@ -188,6 +188,7 @@ def _shrink_for(image: Image.Image, min_side) -> Image.Image:
 
 
 QUOTE_LIMIT = 80  # characters of user data a message quotes
+PATH_QUOTE_LIMIT = 400  # a real path is named whole (the user must find the file); pasted data is not
 SIGNATURE_BYTES = 8  # leading bytes an encoded image's description shows
 
 
@@ -210,7 +211,7 @@ def _where(path, index, data=None) -> str:
     if path is None:
         item = "an encoded image" if index is None else f"X[{index}], an encoded image"
         return f"{item} of {describe_encoded(data)}"
-    return f"image file {short_repr(str(path))}" + (f" (index {index})" if index is not None else "")
+    return f"image file {short_repr(str(path), PATH_QUOTE_LIMIT)}" + (f" (index {index})" if index is not None else "")
 
 
 def _read_error(exc, path, index, data=None) -> ImageReadError:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["fit_head"]
+__all__ = ["LOSSES", "fit_head"]
+
+
+LOSSES = ("cross_entropy", "binary_cross_entropy", "squared_error")
 
 
 def fit_head(
@@ -21,47 +24,77 @@ def fit_head(
     embeddings: torch.Tensor,
     targets: torch.Tensor,
     *,
+    loss: str = "cross_entropy",
     class_weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
     sample_weight: torch.Tensor | None = None,
     C: float = 1.0,
+    alpha: float = 1.0,
     max_iter: int = 200,
 ) -> float:
     """Fit ``head`` in place by L-BFGS on ``(embeddings, targets)``; returns the final loss.
 
-    The objective is scikit-learn's ``LogisticRegression`` one divided by
-    ``C n``: the (class- and sample-weighted) cross-entropy summed over samples
-    plus ``||W||^2 / (2 C)`` on the weight matrices (not the biases), over
-    ``n``; so ``C`` and the weights mean what they mean there.
+    The objective is scikit-learn's, divided by the number of samples ``n``
+    (which moves no minimum), with the penalty on the weight matrices only
+    (not the biases), so ``C``, ``alpha`` and the weights mean what they mean
+    there:
+
+    - ``"cross_entropy"`` (class indices): ``LogisticRegression(C)``'s
+      multinomial objective, the (class- and sample-weighted) cross-entropy
+      summed over samples plus ``||W||^2 / (2 C)``.
+    - ``"binary_cross_entropy"`` (a 0/1 indicator matrix): one
+      ``LogisticRegression(C)`` per label column, as ``OneVsRestClassifier``
+      fits them (for a linear head the sum separates into those fits); a
+      label's positives weigh ``pos_weight``, its negatives 1.
+    - ``"squared_error"`` (continuous targets, one column per output):
+      ``Ridge(alpha)``, the weighted squared error plus ``alpha ||W||^2``.
+
     Dropout is off during the fit (the head is in eval mode, then restored).
     Classes without a sample (``partial_fit(classes=...)``, a ``classes``
     superset) are left out of the softmax: their outputs get no push towards
     minus infinity, only the penalty on their weights.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}.")
     device = next(head.parameters()).device
     embeddings = embeddings.detach().float().to(device)
-    targets = targets.detach().long().to(device)
+    targets = targets.detach().to(device)
+    targets = targets.long() if loss == "cross_entropy" else targets.float().reshape(len(targets), -1)
     n = len(targets)
     weights = torch.ones(n, device=device) if sample_weight is None else sample_weight.detach().float().to(device)
     if class_weight is not None:
         weights = weights * class_weight.float().to(device)[targets]
+    if pos_weight is not None:
+        pos_weight = pos_weight.float().to(device)
+    strength = alpha if loss == "squared_error" else 1 / (2 * C)  # of the penalty on ||W||^2
     matrices = [p for name, p in head.named_parameters() if p.ndim > 1 and p.requires_grad]
     params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
     was_training = head.training
     head.eval()
-    with torch.no_grad():
-        n_classes = head(embeddings[:1]).shape[1]
-    absent = torch.bincount(targets, minlength=n_classes) == 0
+    absent = None
+    if loss == "cross_entropy":
+        with torch.no_grad():
+            n_classes = head(embeddings[:1]).shape[1]
+        absent = torch.bincount(targets, minlength=n_classes) == 0
+
+    def per_sample(outputs):
+        if loss == "squared_error":
+            return ((outputs - targets) ** 2).sum(dim=1)
+        if loss == "binary_cross_entropy":
+            return nn.functional.binary_cross_entropy_with_logits(
+                outputs, targets, pos_weight=pos_weight, reduction="none"
+            ).sum(dim=1)
+        if absent.any():  # a class with no sample: out of the softmax, so its bias is not driven to -inf
+            outputs = outputs.masked_fill(absent, float("-inf"))
+        return nn.functional.cross_entropy(outputs, targets, reduction="none")
 
     def objective():
         optimizer.zero_grad()
-        logits = head(embeddings)
-        if absent.any():  # a class with no sample: out of the softmax, so its bias is not driven to -inf
-            logits = logits.masked_fill(absent, float("-inf"))
-        losses = nn.functional.cross_entropy(logits, targets, reduction="none")
-        loss = ((losses * weights).sum() + sum((m**2).sum() for m in matrices) / (2 * C)) / n
-        loss.backward()
-        return loss
+        losses = per_sample(head(embeddings))
+        value = ((losses * weights).sum() + strength * sum((m**2).sum() for m in matrices)) / n
+        value.backward()
+        return value
 
     try:
         with torch.enable_grad():

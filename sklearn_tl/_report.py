@@ -1,5 +1,8 @@
 """A training report to look at: confusion matrix, per-class accuracy, misclassified images.
 
+With several labels per image, per-label precision, recall and F1 take the
+confusion matrix's place.
+
 :func:`write_report` draws one matplotlib figure (the ``report`` extra) and
 writes it as a PNG, or as a self-contained HTML page that embeds the figure and
 lists the numbers and the misclassified files.
@@ -121,6 +124,86 @@ def _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder=Non
     return fig, matrix, per_class, wrong
 
 
+def _multilabel_figure(y_true, y_pred, label_names, paths, title, lr_finder=None):
+    """Per-label precision, recall and F1 (in place of a confusion matrix) and the images with a wrong label set."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    plt = _import_pyplot()
+    scores = precision_recall_fscore_support(y_true, y_pred, zero_division=0.0)
+    wrong = np.flatnonzero((y_true != y_pred).any(axis=1))[:MAX_THUMBNAILS]
+    n_thumb_rows = int(np.ceil(len(wrong) / 4)) if len(wrong) else 0
+    lr_rows = [3.0] if lr_finder else []
+    side = max(3.5, 0.45 * len(label_names) + 1.5)
+    fig = plt.figure(figsize=(12, side + 2.6 * n_thumb_rows + 3.2 * len(lr_rows) + 0.8), layout="constrained")
+    grid = fig.add_gridspec(1 + n_thumb_rows + len(lr_rows), 8, height_ratios=[side] + [2.4] * n_thumb_rows + lr_rows)
+    fig.suptitle(title, fontsize=13)
+    ax = fig.add_subplot(grid[0, :])
+    positions = np.arange(len(label_names))
+    for offset, (name, values) in zip((-0.27, 0, 0.27), zip(("precision", "recall", "F1"), scores[:3])):
+        ax.barh(positions + offset, values, height=0.25, label=name)
+    ax.set_yticks(positions, [f"{n} (n={int(c)})" for n, c in zip(label_names, scores[3])])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("per-label precision, recall and F1 (cross-validated)")
+    names = np.asarray(label_names, dtype=object)
+    for k, index in enumerate(wrong):
+        ax = fig.add_subplot(grid[1 + k // 4, 2 * (k % 4) : 2 * (k % 4) + 2])
+        thumb = _thumbnail(paths[index]) if paths is not None else None
+        if thumb is not None:
+            ax.imshow(thumb)
+        ax.set_axis_off()
+        name = Path(str(paths[index])).name if paths is not None else f"#{index}"
+        true, predicted = (";".join(names[row.astype(bool)]) or "-" for row in (y_true[index], y_pred[index]))
+        ax.set_title(f"{name}\ntrue {true} → {predicted}", fontsize=8)
+    if lr_finder:
+        _lr_panel(fig.add_subplot(grid[1 + n_thumb_rows, 1:7]), lr_finder)
+    return fig, scores
+
+
+def _write_multilabel_report(path, y_true, y_pred, label_names, paths, title, summary, lr_finder):
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    fig, scores = _multilabel_figure(y_true, y_pred, label_names, paths, title, lr_finder)
+    plt = _import_pyplot()
+    try:
+        if path.suffix.lower() == ".png":
+            fig.savefig(path, dpi=110)
+            return path
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    esc = html.escape
+    names = np.asarray(label_names, dtype=object)
+    rows = "".join(
+        f"<tr><td>{esc(str(name))}</td><td>{p:.3f}</td><td>{r:.3f}</td><td>{f:.3f}</td><td>{int(n)}</td></tr>"
+        for name, p, r, f, n in zip(label_names, *scores)
+    )
+    mistakes = "".join(
+        f"<li><code>{esc(str(paths[i]) if paths is not None else f'#{i}')}</code>: true "
+        f"<b>{esc(';'.join(names[y_true[i].astype(bool)]) or '-')}</b>, predicted "
+        f"<b>{esc(';'.join(names[y_pred[i].astype(bool)]) or '-')}</b></li>"
+        for i in np.flatnonzero((y_true != y_pred).any(axis=1))
+    ) or "<li>none</li>"
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 12px}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f2f2f2}}</style></head>
+<body><h1>{esc(title)}</h1>
+{"".join(f"<p>{esc(line)}</p>" for line in summary)}
+<img alt="per-label precision, recall and F1, and images with a wrong label set" style="max-width:100%"
+ src="data:image/png;base64,{image}">
+<h2>Per-label precision, recall and F1</h2>
+<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>images with it</th></tr>{rows}</table>
+<h2>Images with a wrong label set</h2><ul>{mistakes}</ul>
+{_lr_section(lr_finder)}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
 def _lr_section(lr_finder) -> str:
     if not lr_finder:
         return ""
@@ -142,9 +225,11 @@ def write_report(
     ----------
     path : str or path-like
         Output file; its ending picks the format.
-    y_true, y_pred : array-like of str
-        True and predicted class names.
+    y_true, y_pred : array-like of str, or 0/1 arrays of shape (n_samples, n_labels)
+        True and predicted class names; or, for several labels per image,
+        0/1 matrices, reported as per-label precision, recall and F1.
     class_names : list of str
+        The classes (the label columns' names).
     paths : array-like of str, optional
         Image files, for thumbnails of misclassified images.
     confidence : array-like of float, optional
@@ -161,6 +246,8 @@ def write_report(
     suffix = path.suffix.lower()
     if suffix not in {".png", ".html", ".htm"}:
         raise ValueError(f"Report {str(path)!r} must end in .png or .html.")
+    if np.ndim(y_true) == 2:
+        return _write_multilabel_report(path, y_true, y_pred, class_names, paths, title, summary, lr_finder)
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     fig, matrix, per_class, wrong = _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder)
     plt = _import_pyplot()

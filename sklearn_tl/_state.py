@@ -462,7 +462,7 @@ def skops_trusted_types() -> list[str]:
     estimator classes only: their state is numpy arrays and builtins, which
     skops trusts itself, and their networks are rebuilt from the registry.
     """
-    return ["sklearn_tl.FineTuneClassifier", "sklearn_tl.PretrainedCNNFeaturizer"]
+    return ["sklearn_tl.FineTuneClassifier", "sklearn_tl.FineTuneRegressor", "sklearn_tl.PretrainedCNNFeaturizer"]
 
 
 @contextlib.contextmanager

@@ -4,7 +4,10 @@ Three kinds of model (``mode``): ``"features"`` (frozen CNN embeddings →
 StandardScaler → LogisticRegression), ``"finetune"`` (:class:`FineTuneClassifier`)
 and ``"hybrid"`` (tune, then the logistic regression on the tuned embeddings).
 :func:`train_classifier` gives stratified k-fold out-of-fold predictions, then
-fits on all images. Plain functions with explicit arguments, usable without the
+fits on all images. With several labels per image (a 0/1 matrix ``y``, e.g.
+from :func:`load_labelled_csv`) every mode is a multilabel
+``FineTuneClassifier`` whose ``classes_`` name the label columns, the logistic
+regressions are one per label, and the folds are plain k-fold. Plain functions with explicit arguments, usable without the
 command line.
 """
 
@@ -21,6 +24,7 @@ __all__ = [
     "LabelledImages",
     "TrainingResult",
     "cross_validated_predictions",
+    "load_labelled_csv",
     "load_labelled_folder",
     "logistic_head",
     "n_folds",
@@ -38,9 +42,13 @@ class LabelledImages:
     """Image paths with their class names, from a ``root/<class>/<image>`` folder."""
 
     paths: list
-    y: np.ndarray  # class name of each image (object array)
+    y: np.ndarray  # class name of each image (object array), or a 0/1 (n, n_labels) matrix for several labels
     class_names: list
-    counts: np.ndarray  # images per class, in class_names order
+    counts: np.ndarray  # images per class (per label), in class_names order
+
+    @property
+    def multilabel(self) -> bool:
+        return self.y.ndim == 2
 
 
 @dataclass
@@ -68,6 +76,41 @@ def load_labelled_folder(folder) -> LabelledImages:
         class_names=names,
         counts=np.bincount(data.target, minlength=len(names)),
     )
+
+
+def load_labelled_csv(csv_file) -> LabelledImages:
+    """Paths and their labels from a CSV file with a ``path`` and a ``labels`` column.
+
+    ``labels`` lists an image's labels separated by ``;`` (none is allowed);
+    relative paths are relative to the CSV file's folder. ``y`` is the 0/1
+    matrix of the labels, columns in sorted label order.
+    """
+    import csv
+    from pathlib import Path
+
+    csv_file = Path(csv_file)
+    try:
+        with open(csv_file, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            fields = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"Cannot read the labels file {str(csv_file)!r}: {exc}") from None
+    if not {"path", "labels"} <= set(fields):
+        raise ValueError(f"{str(csv_file)!r} needs a header with the columns 'path' and 'labels' (';' between labels).")
+    paths, label_sets = [], []
+    for number, row in enumerate(rows, 2):
+        path = Path((row["path"] or "").strip()).expanduser()
+        if not path.is_absolute():
+            path = csv_file.parent / path
+        if not path.is_file():
+            raise FileNotFoundError(f"{str(csv_file)!r} line {number}: image {str(row['path'])[:200]!r} does not exist.")
+        paths.append(str(path))
+        label_sets.append({label.strip() for label in (row["labels"] or "").split(";") if label.strip()})
+    names = sorted(set().union(*label_sets))
+    if len(names) < 2:
+        raise ValueError(f"{str(csv_file)!r} names {len(names)} label(s); training needs at least two.")
+    y = np.array([[name in labels for name in names] for labels in label_sets], dtype=np.int64)
+    return LabelledImages(paths=paths, y=y, class_names=names, counts=y.sum(axis=0))
 
 
 def readable_images(data: LabelledImages) -> tuple[LabelledImages, list[str]]:
@@ -99,7 +142,7 @@ def readable_images(data: LabelledImages) -> tuple[LabelledImages, list[str]]:
         stacklevel=2,
     )
     y = data.y[keep]
-    counts = np.array([np.sum(y == name) for name in data.class_names])
+    counts = y.sum(axis=0) if data.multilabel else np.array([np.sum(y == name) for name in data.class_names])
     if not counts.all():
         empty = data.class_names[int(np.argmin(counts))]
         raise ValueError(f"Class {empty!r} has no readable image (the warning above names the files).")
@@ -108,7 +151,11 @@ def readable_images(data: LabelledImages) -> tuple[LabelledImages, list[str]]:
 
 
 def n_folds(data: LabelledImages, cv: int) -> int:
-    """``cv`` capped by the smallest class; 0 (no cross-validation) stays 0."""
+    """``cv`` capped by the smallest class (by the number of images for several labels); 0 stays 0."""
+    if data.multilabel:
+        if cv and min(cv, len(data.paths)) < 2:
+            raise ValueError("Cross-validation needs at least 2 images (or pass cv=0 to skip it).")
+        return min(cv, len(data.paths))
     smallest = int(data.counts.min())
     folds = min(cv, smallest)
     if cv and folds < 2:
@@ -129,10 +176,21 @@ def logistic_head(C: float = 1.0):
 
 
 def cross_validated_predictions(model, X, y, n_splits: int, random_state=0):
-    """Out-of-fold predictions and confidences (None without ``predict_proba``), and each fold's accuracy."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    """Out-of-fold predictions and confidences (None without ``predict_proba``), and each fold's accuracy.
+
+    For a 0/1 label matrix ``y``: the predicted 0/1 matrix, no confidence, and
+    each fold's samples-F1.
+    """
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
     y = np.asarray(y)
+    if y.ndim == 2:
+        splits = list(KFold(n_splits, shuffle=True, random_state=random_state).split(X, y))
+        predicted = cross_val_predict(model, X, y, cv=splits)
+        scores = np.array([f1_score(y[test], predicted[test], average="samples", zero_division=0.0)
+                           for _, test in splits])
+        return predicted, None, scores
     splits = list(StratifiedKFold(n_splits, shuffle=True, random_state=random_state).split(X, y))
     try:
         proba = cross_val_predict(model, X, y, cv=splits, method="predict_proba")
@@ -162,6 +220,7 @@ def train_classifier(
     freeze=None,
     n_splits: int = 5,
     random_state: int = 0,
+    label_names=None,
 ) -> TrainingResult:
     """Cross-validate (``n_splits`` ≥ 2; 0 skips it) and fit a ``mode`` classifier on all images.
 
@@ -170,11 +229,28 @@ def train_classifier(
     embeddings gives the same result as cross-validating the whole Pipeline.
     The returned model is then ``Pipeline([("features", featurizer), ("scale", ...), ("clf", ...)])``.
     ``progress`` applies to the featurizer; the fine-tuner prints its own epochs.
+    A 0/1 matrix ``y`` (several labels per image, columns named by
+    ``label_names``) trains a multilabel :class:`FineTuneClassifier` in every
+    mode: ``"features"`` is ``max_epochs=0`` with one logistic regression per
+    label on the frozen embeddings as its ``final_estimator``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
-    y = np.asarray(y, dtype=object)
-    if mode == "features":
+    multilabel = np.ndim(y) == 2
+    y = np.asarray(y) if multilabel else np.asarray(y, dtype=object)
+    if multilabel:
+        from sklearn.multiclass import OneVsRestClassifier
+
+        from ._finetune import FineTuneClassifier
+
+        frozen = dict(max_epochs=0, head_init="random") if mode == "features" else {}
+        model = FineTuneClassifier(
+            backbone, weights=weights, image_size=image_size, batch_size=batch_size, device=device,
+            max_epochs=max_epochs, lr=lr, freeze=freeze, classes=label_names, random_state=random_state,
+            final_estimator=OneVsRestClassifier(logistic_head(C)) if mode != "finetune" else None,
+        ).set_params(**frozen)
+        X = paths
+    elif mode == "features":
         from ._featurizer import PretrainedCNNFeaturizer
 
         featurizer = PretrainedCNNFeaturizer(
@@ -199,7 +275,7 @@ def train_classifier(
             model, X, y, n_splits, random_state
         )
     model.fit(X, y)
-    if mode == "features":
+    if mode == "features" and not multilabel:
         from sklearn.pipeline import Pipeline
 
         result.model = Pipeline([("features", featurizer), *model.steps])
@@ -217,8 +293,16 @@ def set_inference_options(model, *, device=None, batch_size=None, progress=None)
 
 
 def predict_with_confidence(model, X):
-    """``(labels, confidence, proba, classes)``: confidence and proba are None without ``predict_proba``."""
+    """``(labels, confidence, proba, classes)``: confidence and proba are None without ``predict_proba``.
+
+    A multilabel model's label is the ``;``-separated names of the labels it
+    predicts (empty for none), with no confidence; ``proba`` has one column per label.
+    """
     classes = np.asarray(getattr(model, "classes_", []), dtype=object)
+    if getattr(model, "multilabel_", False):
+        present = np.asarray(model.predict(X))
+        labels = np.array([";".join(str(c) for c in classes[row.astype(bool)]) for row in present], dtype=object)
+        return labels, None, model.predict_proba(X), classes
     proba = None
     if hasattr(model, "predict_proba"):
         try:

@@ -220,9 +220,18 @@ def _format_confusion(matrix, names) -> str:
     return "\n".join(lines)
 
 
+def _format_label_scores(scores, names) -> str:
+    """Per-label precision, recall, F1 and number of images (``precision_recall_fscore_support``)."""
+    width = max(6, *(len(n) for n in names)) + 2
+    lines = [f"{'label':<{width}}{'precision':>11}{'recall':>9}{'F1':>7}{'images':>8}"]
+    for name, p, r, f, n in zip(names, *scores):
+        lines.append(f"{name:<{width}}{p:>11.3f}{r:>9.3f}{f:>7.3f}{int(n):>8}")
+    return "\n".join(lines)
+
+
 def _cmd_train(args) -> int:
     output = Path(args.output)
-    _check_output(output, (".joblib", ".pkl"))
+    _check_output(output, (".joblib", ".pkl", ".skops"))
     if args.report is not None:
         _check_output(Path(args.report), (".html", ".htm", ".png"))
         if args.cv == 0:
@@ -233,9 +242,11 @@ def _cmd_train(args) -> int:
             _import_pyplot()
         except ImportError as exc:
             raise UserError(str(exc)) from None
-    from ._training import load_labelled_folder, n_folds, train_classifier
+    from ._training import load_labelled_csv, load_labelled_folder, n_folds, train_classifier
 
-    data = load_labelled_folder(args.folder)
+    if (args.folder is None) == (args.labels is None):
+        raise UserError("give either DIR (one sub-folder per class) or --labels FILE.csv (several labels per image).")
+    data = load_labelled_folder(args.folder) if args.labels is None else load_labelled_csv(args.labels)
     skipped = []
     if args.skip_unreadable:
         from ._training import readable_images
@@ -243,7 +254,8 @@ def _cmd_train(args) -> int:
         data, skipped = readable_images(data)
     n_splits = n_folds(data, args.cv)
     names = data.class_names
-    print(f"{len(data.paths)} images in {len(names)} classes: "
+    kind = "labels" if data.multilabel else "classes"
+    print(f"{len(data.paths)} images {'with' if data.multilabel else 'in'} {len(names)} {kind}: "
           + ", ".join(f"{n} ({c})" for n, c in zip(names, data.counts))
           + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
     if args.mode != "features":
@@ -255,10 +267,16 @@ def _cmd_train(args) -> int:
         data.paths, data.y, mode=args.mode, backbone=args.backbone, weights=args.weights,
         image_size=args.image_size, batch_size=args.batch_size, device=args.device, progress=_progress(args),
         cache=args.cache, C=args.C, max_epochs=args.max_epochs, lr=args.lr, freeze=args.freeze,
-        n_splits=n_splits, random_state=args.random_state,
+        n_splits=n_splits, random_state=args.random_state, label_names=names if data.multilabel else None,
     )
     scores = result.fold_scores
-    if scores is not None:
+    if scores is not None and data.multilabel:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        print(f"cross-validated samples-F1: {scores.mean():.3f} ± {scores.std():.3f} "
+              f"({n_splits}-fold; folds: {' '.join(f'{s:.3f}' for s in scores)})")
+        print(_format_label_scores(precision_recall_fscore_support(data.y, result.predicted, zero_division=0.0), names))
+    elif scores is not None:
         from sklearn.metrics import confusion_matrix
 
         print(
@@ -275,12 +293,13 @@ def _cmd_train(args) -> int:
     header = save_model(result.model, output)
     steps = header["preprocessing"]
     weights = next(iter(steps.values()))["weights"] if steps else None
-    print(f"saved {output} ({args.mode}: {args.backbone}, weights {weights or 'random init'}, {len(names)} classes)")
+    print(f"saved {output} ({args.mode}: {args.backbone}, weights {weights or 'random init'}, {len(names)} {kind})")
     if args.report is not None:
         from ._report import write_report
 
-        title = f"{Path(args.folder).name}: {args.mode}, {args.backbone}"
-        summary = [f"{len(data.paths)} images, {len(names)} classes, {n_splits}-fold cross-validated accuracy "
+        title = f"{Path(args.folder or args.labels).name}: {args.mode}, {args.backbone}"
+        metric = "samples-F1" if data.multilabel else "accuracy"
+        summary = [f"{len(data.paths)} images, {len(names)} {kind}, {n_splits}-fold cross-validated {metric} "
                    f"{scores.mean():.3f} ± {scores.std():.3f}", f"model: {output}"] + ([rate] if rate else [])
         title += f", lr {result.model.lr_:.3g}" if rate else ""
         finder = getattr(result.model, "lr_finder_", None)
@@ -431,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "sklearn-tl demo",
             "sklearn-tl backbones --include 'resnet*'",
-            "sklearn-tl train photos/ -o model.joblib --report report.html",
-            "sklearn-tl predict model.joblib new/*.jpg",
+            "sklearn-tl train photos/ -o model.skops --report report.html",
+            "sklearn-tl predict model.skops new/*.jpg",
             "sklearn-tl <command> --help",
         ),
         formatter_class=raw,
@@ -495,17 +514,27 @@ def build_parser() -> argparse.ArgumentParser:
         "and confusion matrix, then fit on all images and save the model. Modes: 'features' "
         "(frozen CNN embeddings -> StandardScaler -> LogisticRegression, each image embedded once), "
         "'finetune' (tune the network, FineTuneClassifier) and 'hybrid' (tune, then fit the "
-        "logistic regression on the tuned embeddings). The model file is a joblib pickle: load "
-        "only files you trust.",
+        "logistic regression on the tuned embeddings). With --labels FILE.csv instead of DIR, each "
+        "image has any number of labels: every mode trains a multilabel FineTuneClassifier (one "
+        "logistic regression per label in 'features' and 'hybrid'), and the output is the k-fold "
+        "samples-F1 and per-label precision, recall and F1. A .skops file (the default) loads without "
+        "running code; a .joblib or .pkl file is a pickle: load only files you trust.",
         epilog=_examples(
-            "sklearn-tl train photos/ -o model.joblib",
-            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.joblib",
-            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.joblib --report report.png",
+            "sklearn-tl train photos/ -o model.skops",
+            "sklearn-tl train photos/ --backbone resnet50 --weights IMAGENET1K_V2 --cv 10 -o model.skops",
+            "sklearn-tl train photos/ --mode finetune --max-epochs 5 -o tuned.skops --report report.png",
+            "sklearn-tl train --labels labels.csv --mode finetune -o tagger.skops",
         ),
         formatter_class=raw,
     )
-    train.add_argument("folder", metavar="DIR", help="folder with one sub-folder of images per class")
-    train.add_argument("-o", "--output", default="model.joblib", help="model file (default: model.joblib)")
+    train.add_argument("folder", metavar="DIR", nargs="?", default=None,
+                       help="folder with one sub-folder of images per class")
+    train.add_argument("--labels", metavar="FILE.csv", default=None,
+                       help="instead of DIR, several labels per image: a CSV with the columns 'path' (relative "
+                            "to the CSV's folder) and 'labels' (separated by ';', may be empty); trains a "
+                            "multilabel model and reports per-label precision, recall and F1")
+    train.add_argument("-o", "--output", default="model.skops",
+                       help="model file: .skops (safe, the default: model.skops), .joblib or .pkl (pickle)")
     train.add_argument("--mode", choices=["features", "finetune", "hybrid"], default="features",
                        help="(default: features)")
     _add_backbone_args(train)
@@ -534,11 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict labels of images with a saved model",
         description="Print path, label and probability (tab-separated) for each image, or write a CSV "
-        "with one probability column per class. Inputs as for featurize. The model file is a "
-        "joblib pickle, which can run code when loaded: load only files you trust.",
+        "with one probability column per class. Inputs as for featurize. A .skops model file "
+        "loads without running code (only sklearn_tl's own types are trusted); a .joblib file is a "
+        "pickle, which can run code when loaded: load only files you trust.",
         epilog=_examples(
-            "sklearn-tl predict model.joblib new/*.jpg",
-            "sklearn-tl predict model.joblib new/ --csv predictions.csv",
+            "sklearn-tl predict model.skops new/*.jpg",
+            "sklearn-tl predict model.skops new/ --csv predictions.csv",
         ),
         formatter_class=raw,
     )
@@ -555,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a saved featurizer pipeline or fine-tuner as one ONNX file that runs without torch",
         description="Convert MODEL (featurizer + the scikit-learn steps after it, or a fine-tuner) into OUTPUT, "
         "one ONNX file taking uint8 images (N, H, W, 3); see sklearn_tl.onnx_images for the preprocessing.",
-        epilog=_examples("sklearn-tl export model.joblib model.onnx"),
+        epilog=_examples("sklearn-tl export model.skops model.onnx"),
         formatter_class=raw,
     )
     export.add_argument("model", help="a model file written by `sklearn-tl train` or save_model")

@@ -502,3 +502,21 @@ def test_python_api_keeps_the_argument_in_the_weights_hint(cli_env, monkeypatch)
     monkeypatch.setenv("TORCH_HOME", cli_env["TORCH_HOME"])
     with pytest.raises(WeightsNotFoundError, match="pass weights='/path/to/resnet18-"):
         PretrainedCNNFeaturizer("resnet18", weights="IMAGENET1K_V1").fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_train_writes_the_safe_format_by_default(photo_folder, tmp_path, monkeypatch):
+    # The default output is model.skops: a file that loads without running code, and predict reads it.
+    monkeypatch.chdir(tmp_path)
+    result = run_in_process({}, "train", photo_folder, "--weights", "none", "--image-size", "32", "--cv", "0", "-q")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "model.skops"
+    import skops.io
+
+    assert path.read_bytes()[:2] == b"PK"  # a skops (zip) file, not a pickle
+    from sklearn_tl import skops_trusted_types
+
+    assert set(skops.io.get_untrusted_types(file=path)) <= set(skops_trusted_types())
+    image = str(photo_folder / "china" / "china_1.jpg")
+    result = run_in_process({}, "predict", path, image)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\t")[0] == image

@@ -277,7 +277,7 @@ class TestLayers:
         assert not np.allclose(clf.transform(X), before, atol=1e-4)  # the cut follows further training
 
     def test_the_cut_never_touches_the_fitted_network(self, stripes):
-        from sklearn_tl._finetune import _LAYER_EMBEDDERS
+        from sklearn_tl._finetune_base import _LAYER_EMBEDDERS
 
         X, y = stripes
         clf = tiny(max_epochs=1, layer="0").fit(X, y)

@@ -75,7 +75,9 @@ def skops_files(models, tmp_path_factory):
 
 
 def test_skops_lists_only_sklearn_tl_types(skops_files):
-    assert sorted(skops_trusted_types()) == ["sklearn_tl.FineTuneClassifier", "sklearn_tl.PretrainedCNNFeaturizer"]
+    assert sorted(skops_trusted_types()) == [
+        "sklearn_tl.FineTuneClassifier", "sklearn_tl.FineTuneRegressor", "sklearn_tl.PretrainedCNNFeaturizer"
+    ]
     for name, path in skops_files.items():
         untrusted = skops.io.get_untrusted_types(file=path)
         assert untrusted, name
