@@ -216,7 +216,7 @@ class TestFineTunerTraining:
         for method in (clf.predict, clf.predict_proba, clf.transform):
             with pytest.raises(ValueError, match="CUDA is not available"):
                 method(X)
-        import sklearn_tl._finetune as finetune
+        import sklearn_tl._finetune_base as finetune
 
         seen = []
         forward = finetune.forward_batches
