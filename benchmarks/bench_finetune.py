@@ -242,9 +242,15 @@ def budgets(args, name, data):
     """
     common = dict(weights=WEIGHTS, image_size=args.image_size, backend="torch")
     runs = {"probe": [], **{e: {"last": [], "kept": [], "best_epoch": [], "time": []} for e in args.epochs_list}}
+    for label in args.variant:  # --variant: the last epoch with these parameters too, side by side
+        runs.update({(label, e): [] for e in args.epochs_list})
     for seed in range(args.seeds):
         make = lambda **p: FineTuneClassifier("mobilenet_v2", random_state=seed, **common, **p)  # noqa: E731
         runs["probe"].append(make(max_epochs=0).fit(*data[:2]).score(*data[2:]))
+        for label, params in args.variant.items():
+            for epochs in args.epochs_list:
+                runs[label, epochs].append(make(max_epochs=epochs, **params).fit(*data[:2]).score(*data[2:]))
+                print(name, seed, epochs, label, runs[label, epochs][-1], flush=True)
         for epochs in args.epochs_list:
             last = LastEpochScore(*data[2:])
             start = time.perf_counter()
@@ -266,8 +272,9 @@ def budget_table(args, results) -> list[str]:
         f"### Test accuracy at each budget: {args.image_size} px, mean of {args.seeds} seeds{held_out}",
         "",
         "| dataset | max_epochs | probe head (max_epochs=0) | last epoch "
-        "| kept by `keep_best` | kept − probe (points) | epoch kept (per seed) | fit time (s) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| kept by `keep_best` | kept − probe (points) | epoch kept (per seed) | fit time (s) |"
+        + "".join(f" {label} |" for label in args.variant),
+        "|---|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(args.variant),
     ]
     worst = []
     for name, (runs, sizes) in results.items():
@@ -280,6 +287,7 @@ def budget_table(args, results) -> list[str]:
                 f"| {name} ({sizes[0]} train / {sizes[1]} test) | {epochs} | {probe:.3f} | {last:.3f} | {kept:.3f} "
                 f"| {100 * (kept - probe):+.1f} | {', '.join(map(str, row['best_epoch']))} "
                 f"| {np.mean(row['time']):.0f} |"
+                + "".join(f" {np.mean(runs[label, epochs]):.3f} |" for label in args.variant)
             )
     lines += ["", f"Smallest kept − probe: {min(worst):+.1f} points. Without --train-split nothing is held out "
               "and the last epoch is kept.", ""]
@@ -554,7 +562,8 @@ def main(argv=None):
                         + ", ".join(TARGET_TASKS))
     parser.add_argument("--overhead", action="store_true", help="also time epochs against a plain PyTorch loop")
     parser.add_argument("--variant", action="append", default=[], type=_variant, metavar='NAME=JSON',
-                        help='an extra row: the defaults with these parameters, e.g. \'bls=0.03={"backbone_lr_scale": 0.03}\'')
+                        help='an extra row (with --epochs-list: column) of the defaults with these parameters, e.g. '
+                             '\'bls=0.03={"backbone_lr_scale": 0.03}\'')
     parser.add_argument("--only-variants", action="store_true", help="rows: baselines, defaults and --variant only")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--timing-images", type=int, default=320)
