@@ -16,7 +16,7 @@ import time
 
 from bench_finetune import DATASETS, WEIGHTS
 
-from sklearn_tl._finetune import FineTuneClassifier
+from sklearn_tl.estimators.classifier import FineTuneClassifier
 
 name, epochs, variants = sys.argv[1], [int(e) for e in sys.argv[2].split(",")], json.loads(sys.argv[3])
 data = DATASETS[name]()

@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
 from sklearn_tl import PretrainedCNNFeaturizer, load_textures
-from sklearn_tl._cache import EmbeddingCache
+from sklearn_tl.cache.store import EmbeddingCache
 
 
 def _timed(function):

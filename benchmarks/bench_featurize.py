@@ -44,7 +44,7 @@ from torchvision.models import get_model, get_model_weights
 from torchvision.transforms.v2 import functional as TF
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._engine import cpu_has_native_bf16, resolve_device, resolve_precision
+from sklearn_tl.runtime.device import cpu_has_native_bf16, resolve_device, resolve_precision
 
 
 def real_crops(n: int, side: int = 256) -> np.ndarray:
@@ -138,7 +138,7 @@ def backends_table(args, X) -> str:
 
     from PIL import Image
 
-    from sklearn_tl._onnx import export_module, make_session
+    from sklearn_tl.runtime.onnx import export_module, make_session
 
     folder = tempfile.mkdtemp()
     paths = []

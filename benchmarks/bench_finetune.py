@@ -71,9 +71,9 @@ from sklearn.preprocessing import StandardScaler
 from torchvision.transforms.v2 import functional as TF
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._engine import resolve_device
-from sklearn_tl._finetune import FineTuneClassifier
-from sklearn_tl._model import build_embedder
+from sklearn_tl.runtime.device import resolve_device
+from sklearn_tl.estimators.classifier import FineTuneClassifier
+from sklearn_tl.models.build import build_embedder
 
 WEIGHTS = "IMAGENET1K_V1"
 V1_RECIPE = dict(head_init="random", unfreeze_after=1, augment="standard", batchnorm_stats="update")
@@ -475,7 +475,7 @@ def compare_targets(args, name, data):
     from sklearn.metrics import f1_score, r2_score
     from sklearn.multiclass import OneVsRestClassifier
 
-    from sklearn_tl._finetune_regressor import FineTuneRegressor
+    from sklearn_tl.estimators.regressor import FineTuneRegressor
 
     X_train, y_train, X_test, y_test = data
     multilabel = y_train.ndim == 2

@@ -23,7 +23,7 @@ from _report import emit  # benchmarks/_report.py (scripts run from benchmarks/)
 from bench_featurize import real_crops
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._engine import cpu_has_native_bf16
+from sklearn_tl.runtime.device import cpu_has_native_bf16
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from sklearn.base import clone
 
 import sklearn_tl
 from sklearn_tl import FineTuneClassifier, PretrainedCNNFeaturizer, load_textures, weights_search_dirs
-from sklearn_tl._engine import resolve_device, resolve_precision
+from sklearn_tl.runtime.device import resolve_device, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 SEEN_BATCHES: list[int] = []  # batch sizes the OOM check's backbone was called with

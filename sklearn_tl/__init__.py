@@ -9,42 +9,45 @@ and ``sklearn-tl --help`` load neither torch nor scikit-learn;
 ``from sklearn_tl import X`` works as usual.
 """
 
+from __future__ import annotations
+
 import importlib
 
-__version__ = "0.1.0"
+from . import _old_paths
+from ._version import __version__ as __version__  # re-exported
 
-# Public name -> the private module defining it: one place to add a name.
+# Public name -> the module defining it: one place to add a name.
 _PUBLIC = {
-    "BackboneSpec": "_backbones",
-    "get_backbone_spec": "_backbones",
-    "list_backbones": "_backbones",
-    "register_backbone": "_backbones",
-    "EmbeddingCache": "_cache",
-    "EmbeddingCacheWarning": "_cache",
-    "FreezeSchedule": "_callbacks",
-    "KeepBestEpoch": "_callbacks",
-    "PhaseCosineLR": "_callbacks",
-    "featurize_dask": "_dask",
-    "IMAGE_EXTENSIONS": "_datasets",
-    "load_image_folder": "_datasets",
-    "load_textures": "_datasets",
-    "ImageReadWarning": "_engine",
-    "export_onnx": "_export",
-    "PretrainedCNNFeaturizer": "_featurizer",
-    "FineTuneClassifier": "_finetune",
-    "FineTuneRegressor": "_finetune_regressor",
-    "ImageReadError": "_images",
-    "LRFinderWarning": "_lr_find",
-    "OnnxFallbackWarning": "_onnx",
-    "ModelFileError": "_persistence",
-    "ModelVersionWarning": "_persistence",
-    "load_model": "_persistence",
-    "save_model": "_persistence",
-    "DataConfig": "_preprocess",
-    "SafeFormatError": "_state",
-    "skops_trusted_types": "_state",
-    "WeightsNotFoundError": "_weights",
-    "weights_search_dirs": "_weights",
+    "BackboneSpec": "models.spec",
+    "get_backbone_spec": "models.registry",
+    "list_backbones": "models.registry",
+    "register_backbone": "models.registry",
+    "EmbeddingCache": "cache.store",
+    "EmbeddingCacheWarning": "exceptions",
+    "FreezeSchedule": "finetune.callbacks",
+    "KeepBestEpoch": "finetune.callbacks",
+    "PhaseCosineLR": "finetune.callbacks",
+    "featurize_dask": "deploy.dask",
+    "IMAGE_EXTENSIONS": "data.folders",
+    "load_image_folder": "data.folders",
+    "load_textures": "data.folders",
+    "ImageReadWarning": "exceptions",
+    "export_onnx": "deploy.export",
+    "PretrainedCNNFeaturizer": "estimators.featurizer",
+    "FineTuneClassifier": "estimators.classifier",
+    "FineTuneRegressor": "estimators.regressor",
+    "ImageReadError": "exceptions",
+    "LRFinderWarning": "exceptions",
+    "OnnxFallbackWarning": "exceptions",
+    "ModelFileError": "exceptions",
+    "ModelVersionWarning": "exceptions",
+    "load_model": "deploy.persistence",
+    "save_model": "deploy.persistence",
+    "DataConfig": "data.config",
+    "SafeFormatError": "exceptions",
+    "skops_trusted_types": "estimators.state",
+    "WeightsNotFoundError": "exceptions",
+    "weights_search_dirs": "models.weights",
 }
 
 __all__ = sorted([*_PUBLIC, "__version__"])
@@ -61,3 +64,6 @@ def __getattr__(name):
 
 def __dir__():
     return sorted({*globals(), *__all__})
+
+
+_old_paths.install()  # files written by 0.1 keep loading

@@ -77,7 +77,7 @@ def mobilenet_file():
 def count_images(monkeypatch):
     """Counts the images the featurizer sends through the engine (this process)."""
     counter = {"images": 0}
-    import sklearn_tl._featurizer as featurizer_module
+    import sklearn_tl.estimators.featurizer as featurizer_module
 
     real = featurizer_module.forward_batches
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer, get_backbone_spec, list_backbones, register_backbone
-from sklearn_tl._backbones import BackboneSpec
-from sklearn_tl._model import build_embedder
+from sklearn_tl.models.spec import BackboneSpec
+from sklearn_tl.models.build import build_embedder
 
 FAMILIES = {"vgg", "mobilenet", "densenet", "inception", "resnet", "efficientnet", "nasnet"}
 

@@ -9,8 +9,8 @@ from sklearn.datasets import load_digits
 from skorch.callbacks import Callback
 
 from sklearn_tl import FineTuneClassifier, PretrainedCNNFeaturizer
-from sklearn_tl._images import as_image_source
-from sklearn_tl._preprocess import IMAGENET_MEAN, IMAGENET_STD
+from sklearn_tl.data.inputs import as_image_source
+from sklearn_tl.data.config import IMAGENET_MEAN, IMAGENET_STD
 
 from .test_finetune import tiny, tiny_backbone
 
@@ -216,7 +216,7 @@ class TestFineTunerTraining:
         for method in (clf.predict, clf.predict_proba, clf.transform):
             with pytest.raises(ValueError, match="CUDA is not available"):
                 method(X)
-        import sklearn_tl._finetune_base as finetune
+        import sklearn_tl.estimators.finetune_base as finetune
 
         seen = []
         forward = finetune.forward_batches

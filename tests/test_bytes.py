@@ -20,7 +20,8 @@ from PIL import Image
 from torch import nn
 
 from sklearn_tl import FineTuneClassifier, ImageReadError, ImageReadWarning, PretrainedCNNFeaturizer
-from sklearn_tl._images import as_image_source, read_image_file
+from sklearn_tl.data.inputs import as_image_source
+from sklearn_tl.data.decode import read_image_file
 
 from .conftest import write_photo_folder
 
@@ -351,7 +352,7 @@ class TestBoundedMessages:
         long_name = "x" * 5000
         listing = tmp_path / "list.txt"
         listing.write_text("a/" * 1000 + "image.jpg\n")  # 2,009 characters, every component short
-        from sklearn_tl._datasets import read_image_list
+        from sklearn_tl.data.folders import read_image_list
 
         cases = [
             (lambda: read_image_list(listing), FileNotFoundError),

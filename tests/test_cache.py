@@ -22,13 +22,11 @@ from sklearn.svm import SVC
 from torch import nn
 
 import sklearn_tl
-import sklearn_tl._featurizer as featurizer_module
+import sklearn_tl.estimators.featurizer as featurizer_module
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._cache import (
-    EmbeddingCache,
-    EmbeddingCacheWarning,
-    runtime_fingerprint,
-)
+from sklearn_tl.cache.store import EmbeddingCache
+from sklearn_tl.exceptions import EmbeddingCacheWarning
+from sklearn_tl.cache.fingerprint import runtime_fingerprint
 
 
 def _seeded(module: nn.Module, seed: int) -> nn.Module:
@@ -418,7 +416,7 @@ class TestStore:
             featurizer(3.5).fit(images)
 
     def test_read_only_location_reads_and_skips_writes(self, images, tmp_path, count_images, monkeypatch):
-        import sklearn_tl._cache as cache_module
+        import sklearn_tl.cache.store as cache_module
 
         featurizer(tmp_path).fit_transform(images[:10])
         before = _entry_files(tmp_path)

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from sklearn_tl import EmbeddingCache, ImageReadError, PretrainedCNNFeaturizer
-from sklearn_tl._cache import ENTRY_SUFFIX
+from sklearn_tl.cache.store import ENTRY_SUFFIX
 
 from .test_cache import featurizer, tiny_net
 

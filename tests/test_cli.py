@@ -116,7 +116,7 @@ def test_train_prints_cv_accuracy_and_confusion_matrix(trained):
 
 def test_train_writes_a_loadable_model_with_header(trained):
     from sklearn_tl import __version__
-    from sklearn_tl._persistence import load_model
+    from sklearn_tl.deploy.persistence import load_model
 
     out, _ = trained
     model, header = load_model(out / "model.joblib", return_header=True)
@@ -145,7 +145,7 @@ def test_train_finetune_mode(photo_folder, cli_env, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "cross-validated" not in result.stdout  # --cv 0 skips it
     assert "saved" in result.stdout and "finetune" in result.stdout
-    from sklearn_tl._persistence import load_model
+    from sklearn_tl.deploy.persistence import load_model
 
     model, header = load_model(tmp_path / "tuned.joblib", return_header=True)
     assert header["estimator"] == "FineTuneClassifier"
@@ -170,7 +170,7 @@ def test_train_lr_auto_report_shows_the_range_test(photo_folder, tmp_path, capsy
     ]) == 0
     page = (tmp_path / "r.html").read_text()
     assert "Learning-rate range test" in page and "suggested learning rate" in page
-    from sklearn_tl._persistence import load_model
+    from sklearn_tl.deploy.persistence import load_model
 
     model = load_model(tmp_path / "m.joblib")
     assert model.lr == "auto" and f"{model.lr_finder_.suggestion:.3g}" in page
@@ -214,7 +214,7 @@ def test_train_skip_unreadable_trains_on_the_rest(folder_with_broken_images, tmp
     (warning,) = [str(w.message) for w in record if w.category is ImageReadWarning]
     assert warning.startswith("2 of 18 image(s) could not be read and are left out: ")
     assert str(root / "china" / "half.jpg") in warning and str(root / "flower" / "notes.jpg") in warning
-    from sklearn_tl._persistence import load_model
+    from sklearn_tl.deploy.persistence import load_model
 
     model = load_model(tmp_path / "m.joblib")
     assert set(model.predict([str(root / "china" / "china_1.jpg")])) <= set(CLASSES)
@@ -223,7 +223,7 @@ def test_train_skip_unreadable_trains_on_the_rest(folder_with_broken_images, tmp
 def test_readable_images_finds_a_truncated_large_jpeg(sample_photos, tmp_path):
     # The check decodes at reduced scale (JPEG draft); a cut-off file must still fail it.
     from sklearn_tl import ImageReadWarning
-    from sklearn_tl._training import LabelledImages, readable_images
+    from sklearn_tl.cli.training import LabelledImages, readable_images
 
     buffer = io.BytesIO()
     Image.fromarray(sample_photos[0]).save(buffer, "JPEG", quality=90)
@@ -447,7 +447,7 @@ def test_train_needs_two_images_per_class_for_cv(photo_folder, tmp_path, capsys)
 
 def test_predict_refuses_foreign_and_incompatible_files(trained, photo_folder, tmp_path, capsys):
     from sklearn_tl import __version__
-    from sklearn_tl._persistence import ModelVersionWarning
+    from sklearn_tl.exceptions import ModelVersionWarning
 
     out, _ = trained
     image = str(photo_folder / "china" / "china_0.jpg")

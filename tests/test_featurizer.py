@@ -20,9 +20,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_tl import ImageReadError, PretrainedCNNFeaturizer
-from sklearn_tl._engine import forward_batches
-from sklearn_tl._images import ImageDataset, as_image_source
-from sklearn_tl._preprocess import ImageTransform
+from sklearn_tl.runtime.forward import forward_batches
+from sklearn_tl.data.dataset import ImageDataset
+from sklearn_tl.data.inputs import as_image_source
+from sklearn_tl.data.transforms import ImageTransform
 
 from .conftest import REAL_WEIGHTS
 
@@ -326,7 +327,7 @@ class TestOptions:
 DEPLOY_SCRIPT = textwrap.dedent(
     """
     import sys, joblib, numpy as np
-    import sklearn_tl._weights as weights
+    import sklearn_tl.models.weights as weights
 
     def no_lookup(*args, **kwargs):
         raise AssertionError("a deployed model must not look weights up")
@@ -384,7 +385,7 @@ def test_pretrained_features_beat_raw_pixels_and_random_init(textures):
 class TestBatchNormFolding:
     @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "efficientnet_b0", "inception_v3"])
     def test_folded_backbone_computes_the_same_embedding(self, name):
-        from sklearn_tl._model import build_embedder
+        from sklearn_tl.models.build import build_embedder
 
         size = 80 if name == "inception_v3" else 48
         X = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)

@@ -22,8 +22,11 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._finetune import FineTuneClassifier, PhaseCosineLR, backbone_blocks, build_head
-from sklearn_tl._model import build_embedder
+from sklearn_tl.estimators.classifier import FineTuneClassifier
+from sklearn_tl.finetune.callbacks import PhaseCosineLR
+from sklearn_tl.finetune.freeze import backbone_blocks
+from sklearn_tl.finetune.network import build_head
+from sklearn_tl.models.build import build_embedder
 
 from .conftest import REAL_WEIGHTS
 

@@ -17,7 +17,7 @@ from sklearn_tl import (
     PretrainedCNNFeaturizer,
     load_image_folder,
 )
-from sklearn_tl._images import read_image_file
+from sklearn_tl.data.decode import read_image_file
 
 
 def tiny(**params):
@@ -234,7 +234,7 @@ class TestPathColumn:
     def test_one_column_frame_and_n_by_1_array_are_lists_of_paths(self, png_paths):
         import pandas as pd
 
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         as_column = np.asarray(png_paths, dtype=object).reshape(-1, 1)
         for X in (pd.DataFrame({"path": png_paths}), as_column, as_column.astype(str)):
@@ -246,7 +246,7 @@ class TestPathColumn:
     def test_two_columns_of_paths_are_refused(self, png_paths):
         import pandas as pd
 
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         with pytest.raises(ValueError, match=r"shape \(4, 2\).*one column"):
             as_image_source(pd.DataFrame({"a": png_paths, "b": png_paths}))
@@ -262,7 +262,7 @@ class TestValueRange:
     def test_flattened_digits(self):
         from sklearn.datasets import load_digits
 
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         X = load_digits().data[:20]
         before = X.copy()
@@ -275,7 +275,7 @@ class TestValueRange:
 
     @pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.float32, np.float64])
     def test_arrays_of_any_numeric_dtype(self, dtype):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         X = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3).astype(dtype) * 40 + 100  # 100 .. 3860
         before = X.copy()
@@ -285,7 +285,7 @@ class TestValueRange:
         np.testing.assert_array_equal(X, before)
 
     def test_negative_floats_tensors_and_lists(self):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         X = np.linspace(-1, 1, 2 * 3 * 5 * 5).reshape(2, 3, 5, 5)  # e.g. images normalised to [-1, 1]
         tensor = torch.tensor(X, dtype=torch.float32)
@@ -297,8 +297,10 @@ class TestValueRange:
         assert torch.equal(tensor, torch.tensor(X, dtype=torch.float32))
 
     def test_image_dataset_gives_the_same_items_as_prescaled_input(self):
-        from sklearn_tl._images import ImageDataset, as_image_source
-        from sklearn_tl._preprocess import DataConfig, ImageTransform
+        from sklearn_tl.data.dataset import ImageDataset
+        from sklearn_tl.data.inputs import as_image_source
+        from sklearn_tl.data.config import DataConfig
+        from sklearn_tl.data.transforms import ImageTransform
 
         rng = np.random.default_rng(0)
         X = rng.integers(0, 1024, (3, 20, 24, 3))  # 10-bit images
@@ -319,14 +321,14 @@ class TestValueRange:
         ],
     )
     def test_values_outside_the_range_name_it(self, X, value_range):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         low, high = value_range
         with pytest.raises(ValueError, match=rf"outside value_range=\({low:g}, {high:g}\)"):
             as_image_source(X, value_range=value_range)
 
     def test_list_items_outside_the_range_name_the_item(self):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         source = as_image_source([np.zeros((4, 4)), np.full((4, 4), 20.0)], value_range=(0, 16))
         source.load(0)
@@ -336,19 +338,19 @@ class TestValueRange:
     @pytest.mark.parametrize("value_range", [(1, 1), (2, 1), (0,), (0, 1, 2), "ab", (0, np.nan), (0, np.inf),
                                              (False, True), 16])
     def test_invalid_value_range(self, value_range):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         with pytest.raises(ValueError, match="value_range must be None or a \\(low, high\\) pair"):
             as_image_source(np.zeros((2, 8, 8)), value_range=value_range)
 
     def test_nan_is_refused_with_a_range(self):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         with pytest.raises(ValueError, match="NaN"):
             as_image_source(np.full((2, 8, 8), np.nan), value_range=(0, 16))
 
     def test_paths_and_pil_images_are_not_rescaled(self, tmp_path, crops):
-        from sklearn_tl._images import as_image_source
+        from sklearn_tl.data.inputs import as_image_source
 
         Image.fromarray(crops[0]).save(tmp_path / "a.png")
         for X in ([str(tmp_path / "a.png")], [Image.fromarray(crops[0])]):
@@ -360,7 +362,7 @@ class TestCollectImages:
     """Folders, image files and list files, as the command line takes them."""
 
     def test_class_folder_flat_folder_file_and_list(self, photo_folder, tmp_path):
-        from sklearn_tl._datasets import collect_images
+        from sklearn_tl.data.folders import collect_images
 
         paths, labels = collect_images([photo_folder])
         data = load_image_folder(photo_folder)
@@ -378,7 +380,7 @@ class TestCollectImages:
         assert labels is None  # no class folder given
 
     def test_errors_name_the_input(self, photo_folder, tmp_path):
-        from sklearn_tl._datasets import collect_images, read_image_list
+        from sklearn_tl.data.folders import collect_images, read_image_list
 
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "notes.txt").write_text("x")
@@ -402,7 +404,7 @@ class TestCollectImages:
 
 
 def test_value_range_is_part_of_the_content_key_and_refused_for_keyed_paths(tmp_path, crops):
-    from sklearn_tl._images import as_image_source
+    from sklearn_tl.data.inputs import as_image_source
 
     X = np.arange(2 * 4 * 4, dtype=np.float64).reshape(2, 2, 8)  # not (2, 4, 4): that reads as one RGBA image
     plain = as_image_source(X / 31)

@@ -76,7 +76,7 @@ def test_every_public_name_resolves():
 
 def test_cli_max_epochs_default_is_the_class_default():
     from sklearn_tl import FineTuneClassifier
-    from sklearn_tl._training import train_classifier
+    from sklearn_tl.cli.training import train_classifier
     from sklearn_tl.cli import build_parser
 
     class_default = inspect.signature(FineTuneClassifier).parameters["max_epochs"].default

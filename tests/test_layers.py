@@ -9,9 +9,10 @@ from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._cache import model_fingerprint
-from sklearn_tl._model import build_embedder, network_root
-from sklearn_tl._sources.cut import CutTrunk, HookedLayers
+from sklearn_tl.estimators.featurizer import featurizer_fingerprint as model_fingerprint
+from sklearn_tl.models.build import build_embedder
+from sklearn_tl.models.embedder import network_root
+from sklearn_tl.models.sources.cut import CutTrunk, HookedLayers
 
 
 def featurizer(**params):

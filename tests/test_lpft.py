@@ -13,9 +13,10 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._augment import AUGMENT_PRESETS
-from sklearn_tl._finetune import FineTuneClassifier
-from sklearn_tl._preprocess import DataConfig, ViewTransform, tta_views
+from sklearn_tl.data.augment import AUGMENT_PRESETS
+from sklearn_tl.estimators.classifier import FineTuneClassifier
+from sklearn_tl.data.config import DataConfig
+from sklearn_tl.data.transforms import ViewTransform, tta_views
 
 from .conftest import REAL_WEIGHTS
 from .test_finetune import StateAt, stripe_images, tiny, tiny_backbone
@@ -277,7 +278,7 @@ class TestLayers:
         assert not np.allclose(clf.transform(X), before, atol=1e-4)  # the cut follows further training
 
     def test_the_cut_never_touches_the_fitted_network(self, stripes):
-        from sklearn_tl._finetune_base import _LAYER_EMBEDDERS
+        from sklearn_tl.finetune.layers import _LAYER_EMBEDDERS
 
         X, y = stripes
         clf = tiny(max_epochs=1, layer="0").fit(X, y)

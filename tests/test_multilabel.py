@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.multiclass import OneVsRestClassifier
 from torch import nn
 
-from sklearn_tl._preprocess import tta_views
+from sklearn_tl.data.transforms import tta_views
 
 from .test_finetune import stripe_images, tiny
 
@@ -246,7 +246,7 @@ class TestCommandLine:
         assert all(set(line.split(",")[1].split(";")) <= {"china", "flower", ""} for line in lines[1:])
 
     def test_bad_labels_files(self, tmp_path):
-        from sklearn_tl._training import load_labelled_csv
+        from sklearn_tl.cli.training import load_labelled_csv
 
         (tmp_path / "a.png").write_bytes(b"")
         (tmp_path / "no_header.csv").write_text("a.png;cat\n")

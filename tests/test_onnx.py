@@ -14,9 +14,10 @@ from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer
 from sklearn_tl import _onnx as onnx_module
-from sklearn_tl._cache import runtime_fingerprint
-from sklearn_tl._engine import prefetched
-from sklearn_tl._onnx import OnnxFallbackWarning, onnx_forward, resolve_backend
+from sklearn_tl.cache.fingerprint import runtime_fingerprint
+from sklearn_tl.runtime.forward import prefetched
+from sklearn_tl.exceptions import OnnxFallbackWarning
+from sklearn_tl.runtime.onnx import onnx_forward, resolve_backend
 
 from .conftest import REAL_WEIGHTS
 
@@ -271,7 +272,7 @@ class TestFineTuner:
         for _ in range(2):  # once, then again after more training changed every weight
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(onnx_module, "onnx_forward", counting)
-                import sklearn_tl._engine as engine_module
+                import sklearn_tl.runtime.forward as engine_module
 
                 patch.setattr(engine_module, "onnx_forward", counting)
                 proba = clf.predict_proba(images)

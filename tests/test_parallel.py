@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from sklearn_tl import PretrainedCNNFeaturizer, _engine
-from sklearn_tl._engine import forward_batches, resolve_precision
+from sklearn_tl.runtime.forward import forward_batches
+from sklearn_tl.runtime.device import resolve_precision
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -10,7 +10,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._persistence import FORMAT, ModelFileError, load_model, save_model
+from sklearn_tl.deploy.persistence import FORMAT, load_model, save_model
+from sklearn_tl.exceptions import ModelFileError
 
 
 @pytest.fixture(scope="module")

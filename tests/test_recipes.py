@@ -9,11 +9,13 @@ from sklearn.linear_model import LogisticRegression
 from skorch import NeuralNetClassifier
 from torch import nn
 
-import sklearn_tl._preprocess as preprocess_module
-from sklearn_tl._augment import AUGMENT_PRESETS, resolve_augment
-from sklearn_tl._lr_find import LRFinderWarning, lr_range_test, suggest_lr
-from sklearn_tl._preprocess import DataConfig, ImageTransform
-from sklearn_tl._probe import fit_head
+import sklearn_tl.data.transforms as preprocess_module
+from sklearn_tl.data.augment import AUGMENT_PRESETS, resolve_augment
+from sklearn_tl.exceptions import LRFinderWarning
+from sklearn_tl.finetune.lr_finder import lr_range_test, suggest_lr
+from sklearn_tl.data.config import DataConfig
+from sklearn_tl.data.transforms import ImageTransform
+from sklearn_tl.finetune.head_fit import fit_head
 
 
 def _crop_fractions(monkeypatch, augment, n=300, side=8):

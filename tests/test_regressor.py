@@ -12,8 +12,8 @@ from skorch import NeuralNetRegressor
 from torch import nn
 
 from sklearn_tl import FineTuneRegressor
-from sklearn_tl._lr_find import LRFinderResult
-from sklearn_tl._preprocess import tta_views
+from sklearn_tl.finetune.lr_finder import LRFinderResult
+from sklearn_tl.data.transforms import tta_views
 
 from .test_finetune import stripe_images, tiny_backbone
 

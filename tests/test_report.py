@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from sklearn_tl._report import _figure, _import_pyplot, write_report  # noqa: E402
+from sklearn_tl.cli.report import _figure, _import_pyplot, write_report  # noqa: E402
 
 
 def _predictions(n_classes, n_wrong, name_length, seed=0):

@@ -5,14 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-import sklearn_tl._backbones as backbones
-import sklearn_tl._sources as sources_module
+import sklearn_tl.models.registry as backbones
+import sklearn_tl.models.source_registry as sources_module
 from sklearn_tl import BackboneSpec, PretrainedCNNFeaturizer, get_backbone_spec
-from sklearn_tl._finetune import backbone_blocks
-from sklearn_tl._model import build_embedder, network_root
-from sklearn_tl._preprocess import DataConfig
-from sklearn_tl._sources import ModelSource, get_source, source_for, sources
-from sklearn_tl._weights import resolve_none_or_file
+from sklearn_tl.finetune.freeze import backbone_blocks
+from sklearn_tl.models.build import build_embedder
+from sklearn_tl.models.embedder import network_root
+from sklearn_tl.data.config import DataConfig
+from sklearn_tl.models.sources import ModelSource, get_source, sources
+from sklearn_tl.models.registry import source_for
+from sklearn_tl.models.weights import resolve_none_or_file
 
 
 def test_names_are_looked_up_in_torchvision_first_then_timm():

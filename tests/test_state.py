@@ -33,7 +33,7 @@ from sklearn_tl import (
     save_model,
     skops_trusted_types,
 )
-from sklearn_tl._cache import model_fingerprint
+from sklearn_tl.estimators.featurizer import featurizer_fingerprint as model_fingerprint
 
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, (8, 40, 40, 3), dtype=np.uint8)

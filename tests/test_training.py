@@ -8,7 +8,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl._training import (
+from sklearn_tl.cli.training import (
     cross_validated_predictions,
     load_labelled_folder,
     logistic_head,

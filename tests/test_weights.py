@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sklearn_tl import WeightsNotFoundError
-from sklearn_tl._backbones import get_backbone_spec
-from sklearn_tl._model import build_embedder
-from sklearn_tl._weights import resolve_weights
+from sklearn_tl.models.registry import get_backbone_spec
+from sklearn_tl.models.build import build_embedder
+from sklearn_tl.models.registry import resolve_weights
 
 MOBILENET = get_backbone_spec("mobilenet_v2")
 
@@ -38,19 +38,19 @@ def test_torch_hub_cache_is_honoured(tmp_path, monkeypatch, mobilenet_file):
     checkpoints.mkdir(parents=True)
     shutil.copy(mobilenet_file, checkpoints / mobilenet_file.name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("sklearn_tl._weights.OFFLINE_WEIGHT_PACKAGES", ())
+    monkeypatch.setattr("sklearn_tl.models.weights.OFFLINE_WEIGHT_PACKAGES", ())
     assert resolve_weights(MOBILENET, "IMAGENET1K_V1").sha256.startswith("b0353104")
 
 
 def test_search_path_env_is_honoured(tmp_path, monkeypatch, mobilenet_file):
     shutil.copy(mobilenet_file, tmp_path / mobilenet_file.name)
     monkeypatch.setenv("SKLEARN_TL_WEIGHTS_PATH", str(tmp_path))
-    monkeypatch.setattr("sklearn_tl._weights.OFFLINE_WEIGHT_PACKAGES", ())
+    monkeypatch.setattr("sklearn_tl.models.weights.OFFLINE_WEIGHT_PACKAGES", ())
     assert resolve_weights(MOBILENET, "MobileNet_V2_Weights.IMAGENET1K_V1").state_dict
 
 
 def test_without_any_source_the_error_lists_searched_places(monkeypatch):
-    monkeypatch.setattr("sklearn_tl._weights.OFFLINE_WEIGHT_PACKAGES", ())
+    monkeypatch.setattr("sklearn_tl.models.weights.OFFLINE_WEIGHT_PACKAGES", ())
     with pytest.raises(WeightsNotFoundError, match="mobilenet_v2-b0353104.pth"):
         resolve_weights(MOBILENET, "IMAGENET1K_V1")
 
@@ -114,7 +114,7 @@ class TestLocalWeightFiles:
     def test_file_name_from_url_and_known_files(self):
         from torchvision.models import MobileNet_V2_Weights
 
-        from sklearn_tl._weights import known_weight_files, weight_file_name
+        from sklearn_tl.models.weights import known_weight_files, weight_file_name
 
         assert weight_file_name(MobileNet_V2_Weights.IMAGENET1K_V1.url) == "mobilenet_v2-b0353104.pth"
         known = known_weight_files()
@@ -124,7 +124,7 @@ class TestLocalWeightFiles:
     @pytest.mark.parametrize("value, disabled", [("", False), ("0", False), ("false", False), ("No", False),
                                                  ("1", True), ("yes", True), ("TRUE", True)])
     def test_offline_flag(self, value, disabled, monkeypatch):
-        from sklearn_tl._weights import downloads_disabled
+        from sklearn_tl.models.weights import downloads_disabled
 
         monkeypatch.setenv("SKLEARN_TL_OFFLINE", value)
         assert downloads_disabled() is disabled
@@ -132,7 +132,7 @@ class TestLocalWeightFiles:
     def test_local_names_files_and_hash_status(self, tmp_path, mobilenet_file):
         from torchvision.models import MobileNet_V2_Weights
 
-        from sklearn_tl._weights import hash_status, local_weight_names, weight_files_in
+        from sklearn_tl.models.weights import hash_status, local_weight_names, weight_files_in
 
         assert local_weight_names(MobileNet_V2_Weights) == ["IMAGENET1K_V1"]  # the offline package's file
         assert local_weight_names(MobileNet_V2_Weights, [tmp_path]) == []
@@ -152,7 +152,8 @@ class TestLocalWeightFiles:
         assert hash_status(plain) == "no hash in name"
 
     def test_import_copies_checks_and_refuses(self, tmp_path, mobilenet_file):
-        from sklearn_tl._weights import UnknownWeightsFileError, import_weights_file
+        from sklearn_tl.exceptions import UnknownWeightsFileError
+        from sklearn_tl.models.weights import import_weights_file
 
         dest = tmp_path / "dest"
         target, sha256, known, in_place = import_weights_file(mobilenet_file, dest)

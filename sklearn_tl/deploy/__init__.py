@@ -1,0 +1,1 @@
+"""Deployment: ONNX export, saving and loading model files, Dask."""

@@ -1,0 +1,1 @@
+"""The estimators: the featurizer and the fine-tuners."""

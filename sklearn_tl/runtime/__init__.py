@@ -1,0 +1,1 @@
+"""The runtime layer: device and precision, the batched forward pass, ONNX Runtime."""
