@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl import _onnx as onnx_module
+from sklearn_tl.runtime import onnx as onnx_module
 from sklearn_tl.cache.fingerprint import runtime_fingerprint
 from sklearn_tl.runtime.forward import prefetched
 from sklearn_tl.exceptions import OnnxFallbackWarning

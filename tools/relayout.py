@@ -447,7 +447,15 @@ class Rewriter:
             return None
         old = rel_of(name)
         if outside and old == "":
-            return None  # the public names: ``from sklearn_tl import X`` stays
+            # The public names: ``from sklearn_tl import X`` stays; a submodule (``_onnx``) follows its move.
+            moved = [a for a in node.names if a.name in self.plan.module_dest and self.plan.module_dest[a.name] != a.name]
+            if not moved:
+                return None
+            out = [(PKG, a.name, a.asname) for a in node.names if a not in moved]
+            for alias in moved:
+                parent, _, last = full(self.plan.module_dest[alias.name]).rpartition(".")
+                out.append((parent, last, alias.asname or alias.name))
+            return out
         out = []
         for alias in node.names:
             sub = f"{old}.{alias.name}" if old else alias.name
