@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sklearn_tl import PretrainedCNNFeaturizer
-from sklearn_tl.runtime import forward as _engine
+from sklearn_tl.runtime import device as _engine
 from sklearn_tl.runtime.forward import forward_batches
 from sklearn_tl.runtime.device import resolve_precision
 
