@@ -79,6 +79,6 @@ def test_cli_max_epochs_default_is_the_class_default():
     from sklearn_tl.cli.training import train_classifier
     from sklearn_tl.cli import build_parser
 
-    class_default = inspect.signature(FineTuneClassifier).parameters["max_epochs"].default
+    class_default = FineTuneClassifier().get_params()["max_epochs"]
     assert build_parser().parse_args(["train", "photos"]).max_epochs == class_default
     assert inspect.signature(train_classifier).parameters["max_epochs"].default == class_default
