@@ -80,6 +80,8 @@ def main():
 
     workdir = tempfile.mkdtemp(prefix="bench_serve_")
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "bench_serve", artifact_location=Path(workdir, "artifacts").as_uri()))  # not ./mlruns
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with mlflow.start_run():

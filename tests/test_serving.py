@@ -27,6 +27,8 @@ def jpeg_table(sample_photos):
 
 def log(model, tmp_path, X, **kwargs):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    # Artifacts under tmp_path too: MLflow's default artifact root is ./mlruns in the working directory.
+    mlflow.create_experiment("serving", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("serving")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's own deprecation chatter
