@@ -185,6 +185,16 @@ def _write_multilabel_report(path, y_true, y_pred, label_names, paths, title, su
         f"<b>{esc(';'.join(names[y_pred[i].astype(bool)]) or '-')}</b></li>"
         for i in np.flatnonzero((y_true != y_pred).any(axis=1))
     ) or "<li>none</li>"
+    body = f"""<h2>Per-label precision, recall and F1</h2>
+<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>images with it</th></tr>{rows}</table>
+<h2>Images with a wrong label set</h2><ul>{mistakes}</ul>
+"""
+    return _write_page(path, title, summary, buffer, "per-label precision, recall and F1, and images with a wrong label set", body, lr_finder)
+
+
+def _write_page(path, title, summary, buffer, alt, body, lr_finder):
+    """The report page: title, summary lines, the figure inlined, ``body`` (HTML) and the LR test; returns ``path``."""
+    esc = html.escape
     image = base64.b64encode(buffer.getvalue()).decode("ascii")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -192,12 +202,9 @@ def _write_multilabel_report(path, y_true, y_pred, label_names, paths, title, su
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f2f2f2}}</style></head>
 <body><h1>{esc(title)}</h1>
 {"".join(f"<p>{esc(line)}</p>" for line in summary)}
-<img alt="per-label precision, recall and F1, and images with a wrong label set" style="max-width:100%"
+<img alt="{alt}" style="max-width:100%"
  src="data:image/png;base64,{image}">
-<h2>Per-label precision, recall and F1</h2>
-<table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>images with it</th></tr>{rows}</table>
-<h2>Images with a wrong label set</h2><ul>{mistakes}</ul>
-{_lr_section(lr_finder)}
+{body}{_lr_section(lr_finder)}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
@@ -271,20 +278,8 @@ def write_report(
         + "</li>"
         for i in _mistakes(y_true, y_pred, confidence)
     ) or "<li>none</li>"
-    image = base64.b64encode(buffer.getvalue()).decode("ascii")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 12px}}
-table{{border-collapse:collapse}}tr:nth-child(even){{background:#f2f2f2}}</style></head>
-<body><h1>{esc(title)}</h1>
-{"".join(f"<p>{esc(line)}</p>" for line in summary)}
-<img alt="confusion matrix, per-class accuracy and misclassified images" style="max-width:100%"
- src="data:image/png;base64,{image}">
-<h2>Per-class accuracy</h2>
+    body = f"""<h2>Per-class accuracy</h2>
 <table><tr><th>class</th><th>accuracy</th><th>images</th></tr>{rows}</table>
 <h2>Misclassified images</h2><ul>{mistakes}</ul>
-{_lr_section(lr_finder)}
-</body></html>
 """
-    path.write_text(page, encoding="utf-8")
-    return path
+    return _write_page(path, title, summary, buffer, "confusion matrix, per-class accuracy and misclassified images", body, lr_finder)
