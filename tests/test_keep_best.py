@@ -98,3 +98,129 @@ class TestAutoRate:
         with pytest.warns(LRFinderWarning, match="default lr=0.01"):
             result = clf.lr_find(X, y, start_lr=1e-2, end_lr=1.0, num_iter=20)
         assert result.fallback and result.suggestion == pytest.approx(1e-2)  # within the swept range
+
+
+@pytest.fixture(scope="module")
+def many_stripes():
+    """120 stripe images (five draws of 24): enough for train_split="auto" to hold out 12."""
+    parts = [stripe_images(seed=s, names=("h", "v")) for s in range(10, 15)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class TestAutoSplit:
+    """train_split="auto" (the default): a hold-out that decides between the probe head and the tuned network."""
+
+    def test_the_default_holds_out_a_tenth_in_fit(self, many_stripes):
+        X, y = many_stripes
+        clf = tiny(max_epochs=1, lr=1e-3)
+        assert clf.train_split == "auto"
+        clf.fit(X, y)
+        assert "valid_loss" in clf.history[-1] and "best_epoch" in clf.history[-1]
+        split = clf._resolved_train_split(np.asarray(y), len(y))
+        assert split is None  # outside fit nothing is held out...
+        clf._fit_auto_split = True
+        try:
+            split = clf._resolved_train_split(np.asarray(y), len(y))
+        finally:
+            del clf._fit_auto_split
+        assert isinstance(split, ValidSplit) and split.cv == 0.1 and split.stratified  # ...in fit, 12 of 120
+
+    def test_too_few_images_or_a_rare_class_hold_out_nothing(self, stripes, many_stripes):
+        X, y = stripes  # 24 images: 3 would be held out, fewer than 10
+        clf = tiny(max_epochs=1).fit(X, y)
+        assert "valid_loss" not in clf.history[-1] and clf.best_epoch_ == 1
+        X, y = many_stripes
+        y = y.astype("<U4")  # a copy
+        y[0] = "once"  # a class with one image cannot be in both parts
+        clf = tiny(max_epochs=1).fit(X, y)
+        assert "valid_loss" not in clf.history[-1] and list(clf.classes_) == ["h", "once", "v"]
+
+    def test_a_harmful_run_ends_at_the_probe_fitted_on_every_image(self, many_stripes):
+        X, y = many_stripes
+        probe = tiny(max_epochs=0).fit(X, y)  # max_epochs=0 holds out nothing: the head fitted on all 120
+        assert "valid_loss" not in (probe.history[-1] if len(probe.history) else {})
+        kept = tiny(max_epochs=2, lr=30.0, backbone_lr_scale=1.0).fit(X, y)
+        assert kept.best_epoch_ == 0 and kept.history[-1, "best_epoch"] == 0  # validation images were held out
+        # Backbone restored and head fitted again on the held-out images too: the probe itself.
+        state, reference = kept.module_.state_dict(), probe.module_.state_dict()
+        assert all(torch.equal(state[k], reference[k]) for k in reference if not k.startswith("head."))
+        np.testing.assert_allclose(kept.predict_proba(X), probe.predict_proba(X), atol=2e-3)
+        assert (kept.predict(X) == probe.predict(X)).all()
+        # (A split the user chose keeps its validation images out of the head: the test above.)
+
+    def test_an_epoch_that_helps_is_kept(self, many_stripes):
+        X, y = many_stripes
+        clf = tiny(max_epochs=4, lr=3e-2, head_init="random").fit(X, y)
+        losses = clf.history[:, "valid_loss"]
+        assert clf.best_epoch_ >= 1 and losses[clf.best_epoch_ - 1] == min(losses)
+
+    def test_the_cli_says_what_was_kept(self, many_stripes, stripes):
+        from sklearn_tl.cli.commands import _kept_epoch_line
+
+        X, y = many_stripes
+        kept = tiny(max_epochs=2, lr=30.0, backbone_lr_scale=1.0).fit(X, y)
+        assert _kept_epoch_line(kept) == "kept: the probe head (no epoch of 2 beat it on 12 held-out images)"
+        helped = tiny(max_epochs=4, lr=3e-2, head_init="random").fit(X, y)
+        assert _kept_epoch_line(helped) == (
+            f"kept: epoch {helped.best_epoch_} of 4 (it beat the starting weights on 12 held-out images)")
+        assert _kept_epoch_line(tiny(max_epochs=1).fit(*stripes)) is None  # nothing held out
+
+    def test_partial_fit_and_warm_start_hold_out_nothing(self, many_stripes):
+        X, y = many_stripes
+        clf = tiny(max_epochs=1)
+        clf.partial_fit(X, y)
+        assert "valid_loss" not in clf.history[-1]
+        clf.set_params(warm_start=True).fit(X, y)
+        assert "valid_loss" not in clf.history[-1] and len(clf.history) == 2
+
+    def test_an_unknown_split_name_is_refused(self, stripes):
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        with pytest.raises(InvalidParameterError, match="train_split"):
+            tiny(train_split="half").fit(*stripes)
+
+
+class _Recording:
+    """KeepBestEpoch that keeps what it scored."""
+
+    @staticmethod
+    def make():
+        from sklearn_tl import KeepBestEpoch
+
+        class Recording(KeepBestEpoch):
+            def _consider(self, net, epoch, losses):
+                self.scored = getattr(self, "scored", []) + [(epoch, losses.copy())]
+                super()._consider(net, epoch, losses)
+
+        return Recording()
+
+
+def test_per_image_losses_are_the_epochs_validation_losses(many_stripes):
+    X, y = many_stripes
+    keep = _Recording.make()
+    clf = tiny(max_epochs=3, lr=3e-2, callbacks__keep_best=keep).fit(X, y)
+    epochs = [e for e, _ in keep.scored]
+    assert epochs == [0, 1, 2, 3] and all(len(losses) == 12 for _, losses in keep.scored)
+    for epoch, losses in keep.scored[1:]:  # taken from skorch's own validation pass, image by image
+        assert losses.mean() == pytest.approx(clf.history[epoch - 1, "valid_loss"], rel=1e-5)
+
+
+class TestMargin:
+    """KeepBestEpoch's paired rule: a lower mean within the noise does not replace the start."""
+
+    @staticmethod
+    def _entry(epoch, losses):
+        losses = np.asarray(losses, dtype=float)
+        return (epoch, losses.mean(), None, losses)
+
+    def test_noise_keeps_the_start_and_a_clear_gain_replaces_it(self):
+        from sklearn_tl import KeepBestEpoch
+
+        keep = KeepBestEpoch()
+        start = self._entry(0, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        noisy = self._entry(3, [0.1, 1.9, 0.2, 1.7, 0.3, 1.6])  # mean 0.97: lower, but by far less than its spread
+        clear = self._entry(3, [0.5, 0.6, 0.4, 0.5, 0.55, 0.45])
+        assert not keep._beats_start(noisy, start)
+        assert keep._beats_start(clear, start)
+        assert KeepBestEpoch(margin=0)._beats_start(noisy, start)  # margin 0: the lowest mean wins
+        assert not keep._beats_start(None, start) and keep._beats_start(clear, None)

@@ -197,6 +197,10 @@ def _cmd_train(args) -> int:
     rate = _learning_rate_line(result.model)
     if rate:
         print(rate)
+        kept = _kept_epoch_line(result.model)
+        rate = rate if kept is None else f"{rate}; {kept}"
+        if kept is not None:
+            print(kept)
     from ..deploy.persistence import save_model
 
     header = save_model(result.model, output)
@@ -228,6 +232,19 @@ def _learning_rate_line(model) -> str | None:
         return f"learning rate: {rate:.3g}"
     how = "the default: the range test's curve showed no signal" if finder.fallback else "from the range test"
     return f"learning rate: {rate:.3g} (lr='auto', {how}, which swept {finder.lrs[0]:.3g} to {finder.lrs[-1]:.3g})"
+
+
+def _kept_epoch_line(model) -> str | None:
+    """Which weights a fine-tuner kept after its held-out images decided; None when none were held out."""
+    history = getattr(model, "history_", None)
+    if not history or "best_epoch" not in history[-1]:
+        return None
+    held_out = sum(b.get("valid_batch_size", 0) for b in history[-1]["batches"])
+    best, last = model.best_epoch_, len(history)
+    start = "the probe head" if getattr(model, "head_init", None) == "probe" else "the starting weights"
+    if best == 0:
+        return f"kept: {start} (no epoch of {last} beat it on {held_out} held-out images)"
+    return f"kept: epoch {best} of {last} (it beat {start} on {held_out} held-out images)"
 
 
 # ---------------------------------------------------------------- predict

@@ -79,6 +79,7 @@ FINETUNE_PARAMETER_CONSTRAINTS: dict = {
     "lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
     "max_epochs": [Interval(Integral, 0, None, closed="left")],
     "backend": [StrOptions(set(BACKENDS))],
+    "train_split": [StrOptions({"auto"}), callable, None],
 }
 
 
@@ -141,7 +142,7 @@ class FineTuneBase(SettingsParamsMixin, ImageEstimatorMixin, ImageTrainingMixin,
         lr=1e-3,
         max_epochs=FINETUNE_MAX_EPOCHS,
         batch_size="auto",
-        train_split=None,
+        train_split="auto",
         callbacks=None,
         verbose=0,
         **kwargs,
@@ -321,6 +322,7 @@ class FineTuneBase(SettingsParamsMixin, ImageEstimatorMixin, ImageTrainingMixin,
                 yield
             finally:
                 self.__dict__.pop("_fit_split", None)
+                self.__dict__.pop("_fit_auto_split", None)
             self._set_training(False)  # inference needs no training flags flipped
 
     def _prepare_fit(self, X, y, reset: bool, classes=None, sample_weight=None):
@@ -379,6 +381,16 @@ class FineTuneBase(SettingsParamsMixin, ImageEstimatorMixin, ImageTrainingMixin,
             for group in self.optimizer_.param_groups:  # every group keeps its ratio to lr
                 group["lr"] *= found / self.lr_
             self.lr_ = found
+
+    def _kept_the_probe(self) -> bool:
+        """Whether ``train_split="auto"`` held images out and ``keep_best`` went back to the probe head."""
+        return (
+            self.head_init == "probe"
+            and isinstance(self.train_split, str)
+            and getattr(self, "best_epoch_", None) == 0
+            and len(self.history) > 0
+            and "valid_loss" in self.history[-1]
+        )
 
     def _fit_head(self, dataset_train):
         """Fit the head on the frozen embeddings: a forward pass of the images, then L-BFGS."""
@@ -439,9 +451,12 @@ class FineTuneBase(SettingsParamsMixin, ImageEstimatorMixin, ImageTrainingMixin,
         warm = self.warm_start and self.initialized_
         with self._fit_scope(reset=not warm):
             source, data, y_encoded, weights = self._begin(X, y, initialize=not warm, sample_weight=sample_weight)
+            self._fit_auto_split = not warm and self.max_epochs > 0  # train_split="auto" holds out in fit only
             if not warm:
                 self._start_training(data, y_encoded)
             NeuralNet.partial_fit(self, data, y_encoded, _routing_method="fit", **fit_params)
+            if not warm and self._kept_the_probe():
+                self._fit_head(self.get_dataset(data, y_encoded))  # the probe on every image, held-out ones too
             self._fit_final_estimator(source, y, weights)
         return self
 

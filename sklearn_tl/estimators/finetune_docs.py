@@ -87,10 +87,12 @@ _FINETUNE_DOCS = {
         image once for their head fits. Training itself is never cached.
     early_stopping : bool or int, default=False
         Stop when the validation loss has not improved for this many epochs
-        (True is 5) and restore the best weights. Uses ``train_split``, or a
-        ``validation_fraction`` (stratified for single-label classes) of the data when that is None.
+        (True is 5) and restore the best weights. Uses ``train_split``'s
+        validation images, or a ``validation_fraction`` (stratified for
+        single-label classes) of the data when ``train_split`` is None.
     validation_fraction : float, default=0.1
-        Validation share for early stopping when ``train_split`` is None.
+        The share of the images ``train_split="auto"`` (and early stopping
+        without a split) holds out.
     final_estimator : estimator or None, default=None
         If set, a clone is fitted on the tuned embeddings of the training
         images and makes the predictions (hybrid mode). Its parameters are
@@ -132,14 +134,22 @@ _FINETUNE_DOCS = {
     max_epochs : int, default=10
     batch_size : int or "auto", default="auto"
         32 on CPU, 256 on CUDA.
-    train_split : callable or None, default=None
-        skorch's internal validation split (e.g. ``ValidSplit(0.2,
-        stratified=True)``). With a split (also the one ``early_stopping``
-        makes), the fit keeps the weights of the best of {the starting point,
-        each epoch} by the validation loss (callback ``keep_best``,
-        :class:`KeepBestEpoch`), so a short budget never ends below the LP-FT
-        probe head on those images; ``callbacks__keep_best=None`` keeps the
-        last epoch. None: no image is held out and the last epoch is kept.
+    train_split : "auto", callable or None, default="auto"
+        skorch's internal validation split. ``"auto"``: in ``fit`` with
+        ``max_epochs > 0``, hold out ``validation_fraction`` of the images
+        (stratified by class for single-label targets) when that gives at
+        least 10 validation images and, stratified, every class in both
+        parts; otherwise, and in ``partial_fit`` or a ``warm_start`` fit,
+        hold out none. A callable (e.g. ``ValidSplit(0.2,
+        stratified=True)``) is used as skorch uses it; None holds out
+        nothing. With validation images the fit keeps the best of {the
+        starting point, each epoch} (callback ``keep_best``,
+        :class:`KeepBestEpoch`): an epoch replaces the start only if its
+        validation loss is lower by more than one standard error of the
+        paired per-image differences. When ``"auto"`` went back to the LP-FT
+        probe head, the head is fitted again on every image, held-out ones
+        too, so a short budget ends at the probe itself.
+        ``callbacks__keep_best=None`` keeps the last epoch.
     callbacks : list, "disable" or None, default=None
         Extra skorch callbacks, added to the defaults (``freeze``,
         ``lr_schedule``, ``early_stopping``, timers, scores, log).
@@ -169,8 +179,9 @@ _FINETUNE_DOCS = {
         The head's learning rate: ``lr``, or the one the range test found.
     best_epoch_ : int
         The epoch whose weights the last ``fit`` / ``partial_fit`` kept
-        (0: the head fit, before any epoch); the last epoch without a
-        validation split.
+        (0: the head fit, before any epoch; after ``train_split="auto"``
+        went back to it, the head fitted again on every image); the last
+        epoch without a validation split.
     lr_finder_ : LRFinderResult
         With ``lr="auto"``: the range test's ``lrs``, smoothed ``losses`` and
         ``suggestion``.

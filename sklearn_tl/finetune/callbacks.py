@@ -144,19 +144,26 @@ class KeepBestEpoch(Callback):
     """With a validation split: keep the weights of the best of {the starting point, each epoch}.
 
     The starting point (epoch 0 of ``fit``: the LP-FT probe head on the
-    pretrained backbone; the weights before the call for ``partial_fit``) is
-    scored on the validation split before the first batch, every epoch by
-    its ``valid_loss``, and the module's parameters and buffers of the best
-    one are kept in memory (never on disk) and loaded back at
-    ``on_train_end``, like skorch's ``Checkpoint(load_best=True)`` with the
-    start as a candidate. So training never ends worse, on the validation
-    images, than where it started. The optimizer's state is not restored.
+    pretrained backbone; the weights before the call for ``partial_fit``) and
+    every epoch are scored on the validation split, one loss per image (the
+    net's criterion without reduction; a criterion without a ``reduction``
+    setting is scored by its mean). The epoch with the lowest mean loss is
+    kept only if it beats the start by more than ``margin`` standard errors
+    of the paired per-image differences; otherwise the start is kept. So
+    training never ends worse, on the validation images, than where it
+    started, and a handful of validation images cannot trade a good start
+    for a noisy one. The weights are kept in memory (never on disk) and
+    loaded back at ``on_train_end``, like skorch's
+    ``Checkpoint(load_best=True)`` with the start as a candidate. The
+    optimizer's state is not restored.
 
-    Without a validation split (``train_split=None``) it does nothing and the
-    last epoch is kept: scored on the training images themselves, the probe
-    head (fitted to convergence on exactly those images) stays ahead of
-    epochs that generalise far better, and augmented views of them keep
-    epochs far below the probe (both measured: benchmarks/README.md).
+    Without a validation split it does nothing and the last epoch is kept.
+
+    Parameters
+    ----------
+    margin : float, default=1.0
+        Standard errors by which the best epoch's mean validation loss must
+        be below the start's (paired, per image); 0 keeps the lowest mean.
 
     The kept epoch is in ``net.best_epoch_`` (an int: the epoch number in
     the history, or the number of the last epoch before this call, 0 for
@@ -164,39 +171,81 @@ class KeepBestEpoch(Callback):
     ``best_epoch``.
     """
 
+    def __init__(self, margin=1.0):
+        self.margin = margin
+
     def on_train_begin(self, net, **kwargs):
         self._start = len(net.history)  # epochs before this call: the starting point's number
-        self._best = None
+        self._first = self._best = None
+        self._epoch = []
 
-    def _consider(self, net, epoch: int, loss: float):
-        if math.isfinite(loss) and (self._best is None or loss < self._best[1]):
-            state = {k: v.detach().clone() for k, v in unwrapped_module(net).state_dict().items()}
-            self._best = (epoch, loss, state)
+    @staticmethod
+    def _state(net) -> dict:
+        return {k: v.detach().clone() for k, v in unwrapped_module(net).state_dict().items()}
 
-    def on_epoch_begin(self, net, dataset_valid=None, **kwargs):
-        if self._best is not None or dataset_valid is None or len(net.history) != self._start + 1:
-            return
+    @staticmethod
+    def _batch_losses(net, y_pred, batch) -> np.ndarray:
+        """One validation loss per image of a batch (the batch's mean for a criterion that cannot give them)."""
+        per_image = getattr(net, "image_losses", None)
+        values = None if per_image is None else per_image(y_pred, batch[1], X=batch[0])
+        if values is None:
+            loss = float(net.get_loss(y_pred, batch[1], X=batch[0], training=False))
+            values = torch.full((len(batch[1]),), loss)
+        return values.detach().float().cpu().numpy().reshape(-1)
+
+    def _losses(self, net, dataset_valid) -> np.ndarray:
+        """The starting point's validation losses: a pass of its own, before the first batch."""
         # Scoring must not move torch's random stream (the loader draws a seed): the fit is the fit without it.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            total, count = 0.0, 0
-            for batch in net.get_iterator(dataset_valid, training=False):
-                y_pred = net.evaluation_step(batch, training=False)
-                total += float(net.get_loss(y_pred, batch[1], X=batch[0], training=False)) * len(batch[1])
-                count += len(batch[1])
-        self._consider(net, self._start, total / max(1, count))
+            losses = [self._batch_losses(net, net.evaluation_step(batch, training=False), batch)
+                      for batch in net.get_iterator(dataset_valid, training=False)]
+        return np.concatenate(losses) if losses else np.empty(0)
+
+    def _consider(self, net, epoch: int, losses: np.ndarray):
+        loss = float(losses.mean()) if len(losses) else math.nan
+        if not math.isfinite(loss):
+            return
+        if epoch == self._start:
+            self._first = (epoch, loss, self._state(net), losses)
+        elif self._best is None or loss < self._best[1]:
+            self._best = (epoch, loss, self._state(net), losses)
+
+    def on_epoch_begin(self, net, dataset_valid=None, **kwargs):
+        self._epoch = []
+        if dataset_valid is not None and len(net.history) == self._start + 1:  # the first epoch: score the start
+            self._consider(net, self._start, self._losses(net, dataset_valid))
+
+    def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
+        if not training and y_pred is not None:  # the epoch's own validation pass, image by image
+            self._epoch.append(self._batch_losses(net, y_pred, batch))
 
     def on_epoch_end(self, net, dataset_valid=None, **kwargs):
-        if dataset_valid is not None:
-            self._consider(net, len(net.history), float(net.history[-1, "valid_loss"]))
+        if dataset_valid is not None and self._epoch:
+            self._consider(net, len(net.history), np.concatenate(self._epoch))
+        self._epoch = []
+
+    def _beats_start(self, best, first) -> bool:
+        if best is None:
+            return False
+        if first is None:
+            return True
+        if len(best[3]) != len(first[3]):  # not the same images: compare the means
+            return best[1] < first[1]
+        diff = best[3] - first[3]
+        if diff.mean() >= 0:
+            return False
+        spread = float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        return float(diff.mean()) + self.margin * spread < 0
 
     def on_train_end(self, net, **kwargs):
-        best, self._best = self._best, None  # the kept weights are not pickled with the callback
-        net.best_epoch_ = len(net.history) if best is None else int(best[0])
-        if best is None:
+        first, best, self._first, self._best, self._epoch = self._first, self._best, None, None, []  # not pickled
+        kept = best if self._beats_start(best, first) else first
+        net.best_epoch_ = len(net.history) if kept is None else int(kept[0])
+        if kept is None:
             return
-        if best[0] != len(net.history):
-            unwrapped_module(net).load_state_dict(best[2])
-        net.history.record("best_epoch", int(best[0]))
+        if kept[0] != len(net.history):
+            unwrapped_module(net).load_state_dict(kept[2])
+        net.history.record("best_epoch", int(kept[0]))
 
 
 def valid_accuracy(net, X, y):

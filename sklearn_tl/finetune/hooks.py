@@ -14,7 +14,10 @@ estimator is stated as data (``hook_parameters``, ``hook_resolved``,
 from __future__ import annotations
 
 import copy
+import math
 import warnings
+
+import numpy as np
 
 import torch
 from skorch.dataset import ValidSplit, unpack_data
@@ -30,7 +33,10 @@ from ..runtime.forward import make_loader
 from .callbacks import unwrapped_module
 from .freeze import BACKBONE_PREFIX
 
-__all__ = ["ImageTrainingMixin"]
+__all__ = ["AUTO_MIN_VALID", "ImageTrainingMixin"]
+
+#: The fewest validation images ``train_split="auto"`` holds out; with fewer, none.
+AUTO_MIN_VALID = 10
 
 
 class ImageTrainingMixin:
@@ -122,10 +128,36 @@ class ImageTrainingMixin:
     def _train_transform(self):
         return ImageTransform(self.data_config_, augment=self.augment)
 
-    def _resolved_train_split(self):
-        if self.train_split is not None or not self.early_stopping:
+    def _resolved_train_split(self, y=None, n_samples=None):
+        """skorch's split: ``train_split`` itself, or a ``validation_fraction`` hold-out.
+
+        The hold-out is made for ``early_stopping`` when ``train_split`` is
+        None, and for ``train_split="auto"`` when :meth:`_holds_out` says the
+        data allow one (else no image is held out).
+        """
+        auto = isinstance(self.train_split, str)
+        if not auto and (self.train_split is not None or not self.early_stopping):
             return self.train_split
-        return ValidSplit(self.validation_fraction, stratified=self._stratified_split, random_state=getattr(self, "_fit_seed", None))
+        if auto and not self.early_stopping and not self._holds_out(y, n_samples):
+            return None
+        stratified = self._stratified_split
+        return ValidSplit(self.validation_fraction, stratified=stratified, random_state=getattr(self, "_fit_seed", None))
+
+    def _holds_out(self, y, n_samples) -> bool:
+        """``train_split="auto"``: hold out images only in ``fit``, and only when the split can be made.
+
+        At least ``AUTO_MIN_VALID`` validation images, and, stratified, one
+        of each class in both parts (every class twice in ``y``).
+        """
+        if not getattr(self, "_fit_auto_split", False) or y is None or not n_samples:
+            return False
+        n_valid = math.ceil(self.validation_fraction * n_samples)
+        if n_valid < AUTO_MIN_VALID or n_samples - n_valid < 1:
+            return False
+        if self._stratified_split:
+            counts = np.unique(np.asarray(y), return_counts=True)[1]
+            return n_valid >= len(counts) and n_samples - n_valid >= len(counts) and counts.min() >= 2
+        return True
 
     def get_split_datasets(self, X, y=None, **fit_params):
         self._check_hook_attributes()
@@ -133,7 +165,7 @@ class ImageTrainingMixin:
         if pending is not None:
             return pending  # this fit's split, already made (the head fit and LR test used it)
         dataset = self.get_dataset(X, y)
-        split = self._resolved_train_split()
+        split = self._resolved_train_split(y, len(dataset))
         if split:
             dataset_train, dataset_valid = (
                 split(dataset, y, **fit_params) if y is not None else split(dataset, **fit_params)
@@ -174,18 +206,30 @@ class ImageTrainingMixin:
             return self.module_(x, **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
+        if not isinstance(X, dict):
+            y_pred, y_true = self._loss_inputs(y_pred, y_true)
+            return self.criterion_(y_pred, y_true)
+        # Weighted (class_weight / sample_weight): the mean of the weighted per-sample losses.
+        return self.image_losses(y_pred, y_true, X=X).mean()
+
+    def _loss_inputs(self, y_pred, y_true):
         y_pred = y_pred.float()
         if isinstance(self.criterion_, nn.NLLLoss):
             y_pred = torch.log_softmax(y_pred, dim=1)
-        y_true = to_tensor(y_true, device=self.device_)
-        if not isinstance(X, dict):
-            return self.criterion_(y_pred, y_true)
-        # Weighted (class_weight / sample_weight): the mean of the weighted per-sample losses.
+        return y_pred, to_tensor(y_true, device=self.device_)
+
+    def image_losses(self, y_pred, y_true, X=None):
+        """One loss per image (weighted when ``X`` carries weights); None for a criterion without ``reduction``."""
+        if not hasattr(self.criterion_, "reduction"):
+            return None
+        y_pred, y_true = self._loss_inputs(y_pred, y_true)
         criterion = copy.copy(self.criterion_)  # the fitted criterion is not changed
         criterion.reduction = "none"
         losses = criterion(y_pred, y_true)
         losses = losses.reshape(len(losses), -1).mean(dim=1)  # one loss per image, also for several outputs
-        return (losses * X["sample_weight"].to(losses.device)).mean()
+        if isinstance(X, dict):
+            losses = losses * X["sample_weight"].to(losses.device)
+        return losses
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
