@@ -31,7 +31,8 @@
    alone), of the last epoch's weights (scored at the end of the fit, before
    ``KeepBestEpoch`` restores any) and of the weights kept (with
    ``--train-split``: the best of {probe head, each epoch} on the validation
-   split; without, the last epoch), and which epoch was kept. ``digits300/1`` and ``digits300/2`` are the two folds of
+   split; without, what the default ``train_split="auto"`` keeps), and which
+   epoch was kept (``bench_keep_best.py`` compares the rules). ``digits300/1`` and ``digits300/2`` are the two folds of
    300 digits with ``cv=2`` (150 train / 150 test each).
 
 3. ``--overhead``: time per epoch of ``FineTuneClassifier`` against a plain
@@ -142,6 +143,10 @@ DATASETS = {
     "digits240": lambda: digits(240, 120),  # the small-budget case (README: "A limit")
     "digits300/1": lambda: digits(150, 150),  # 300 digits, cv=2: the first fold
     "digits300/2": lambda: _swap(digits(150, 150)),  # and the second
+    # Other sizes of the same sources, for checking a rule chosen on the sets above (bench_keep_best.py --check):
+    "digits250": lambda: digits(250, 300),
+    "textures120": lambda: textures(n_train=40, n_test=100),
+    "photos200": lambda: photos(n_train=25, n_test=40),
 }
 
 
@@ -289,8 +294,8 @@ def budget_table(args, results) -> list[str]:
                 f"| {np.mean(row['time']):.0f} |"
                 + "".join(f" {np.mean(runs[label, epochs]):.3f} |" for label in args.variant)
             )
-    lines += ["", f"Smallest kept − probe: {min(worst):+.1f} points. Without --train-split nothing is held out "
-              "and the last epoch is kept.", ""]
+    lines += ["", f"Smallest kept − probe: {min(worst):+.1f} points. Without --train-split the default "
+              "train_split=\"auto\" decides (a hold-out in runs of fewer than 50 steps).", ""]
     return lines
 
 
@@ -556,7 +561,8 @@ def main(argv=None):
     parser.add_argument("--epochs-list", default=None, type=lambda t: [int(e) for e in t.split(",")],
                         help="comma-separated max_epochs: probe head vs last vs kept epoch at each budget")
     parser.add_argument("--train-split", type=float, default=None,
-                        help="with --epochs-list: fine-tune with a stratified validation split of this fraction")
+                        help="with --epochs-list: fine-tune with a stratified validation split of this fraction "
+                             "(default: the estimator's train_split=\"auto\")")
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     parser.add_argument("--targets", default="", help="comma-separated multilabel / regression tasks: "
                         + ", ".join(TARGET_TASKS))

@@ -1,27 +1,37 @@
 """Issue 22 item 5: does ``train_split="auto"`` (the default) keep fine-tuning from ending below its probe head?
 
-For each set, budget (``max_epochs``) and seed, one fit with the default
-hold-out (``train_split="auto"``: 10 % of the images, stratified) records,
-for the start (the LP-FT probe head, epoch 0) and every epoch, one
-validation loss per held-out image, and the test accuracy of that epoch's
-weights. The fit runs with ``callbacks__keep_best__margin=0``; the margin
-only decides which of the recorded weights are kept (training is the
-same), so each rule is replayed on the record: ``margin=m`` keeps the
+For each set, budget (``max_epochs``) and seed, one fit with a hold-out of
+10 % of the images (stratified; ``train_split="auto"``'s, made here at
+every budget) records, for the start (the LP-FT probe head, epoch 0) and
+every epoch, one validation loss per held-out image, and the test accuracy
+of that epoch's weights. The fit runs with ``callbacks__keep_best__margin=0``;
+the margin only decides which of the recorded weights are kept (training is
+the same), so each rule is replayed on the record: ``margin=m`` keeps the
 epoch with the lowest mean validation loss if it is below the start's by
 more than m standard errors of the paired per-image differences, else the
-start. When the start is kept, the default fits the head again on every
+start. When the start is kept, ``"auto"`` fits the head again on every
 image: that is the probe (``max_epochs=0``), whose test accuracy is used.
-"last, no hold-out" is the previous default (``train_split=None``: every
-image trains, the last epoch is kept), from a second fit.
+"no hold-out" is ``train_split=None`` (every image trains, the last epoch
+is kept; the default before), from a second fit (``--no-holdout``).
+"default" is what ``train_split="auto"`` does: the hold-out with margin 1
+in runs of fewer than ``AUTO_MAX_STEPS`` (50) optimisation steps
+(``max_epochs`` x batches of 32), no hold-out in longer ones.
 
 Printed: test accuracy minus the probe's, in points, the mean over seeds
 per cell; then the lowest cell, the mean cell and the cells more than 1
 point below, per column.
 
     cd benchmarks
-    OMP_NUM_THREADS=1 python bench_keep_best.py --datasets digits300/1,digits300/2,textures --seeds 0,1,2 --log a.jsonl
-    OMP_NUM_THREADS=1 python bench_keep_best.py --datasets photos,digits --seeds 0,1,2 --log b.jsonl
+    OMP_NUM_THREADS=1 python bench_keep_best.py --datasets digits300/1,digits300/2,textures --no-holdout --log a.jsonl
+    OMP_NUM_THREADS=1 python bench_keep_best.py --datasets photos,digits --no-holdout --log b.jsonl
     python bench_keep_best.py --replay a.jsonl b.jsonl
+
+``--check`` fits the real defaults (no replay, no recording) beside
+``train_split=None`` on other set sizes, which played no part in choosing
+the rule:
+
+    OMP_NUM_THREADS=1 python bench_keep_best.py --check --datasets digits250,textures120
+    OMP_NUM_THREADS=1 python bench_keep_best.py --check --datasets photos200   # beside it
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 from skorch.callbacks import Callback
 
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0)
+AUTO_MAX_STEPS, BATCH = 50, 32  # sklearn_tl.finetune.hooks.AUTO_MAX_STEPS; the CPU's batch size
 
 
 class _Record(Callback):
@@ -53,7 +64,10 @@ def run(datasets, epochs, seeds, path, no_holdout):
     from bench_finetune import DATASETS, WEIGHTS
 
     from sklearn_tl.estimators.classifier import FineTuneClassifier
+    from sklearn_tl.finetune import hooks
     from sklearn_tl.finetune.callbacks import KeepBestEpoch
+
+    hooks.AUTO_MAX_STEPS = 10**9  # record the hold-out at every budget; the replay applies the real limit
 
     log = []
     consider = KeepBestEpoch._consider
@@ -76,7 +90,7 @@ def run(datasets, epochs, seeds, path, no_holdout):
                         "mobilenet_v2", max_epochs=e, random_state=seed, callbacks__keep_best__margin=0,
                         callbacks=[("record", _Record(X_test, y_test, log))], **common,
                     ).fit(X, y)
-                    row = dict(set=name, seed=seed, epochs=e, probe=probe_acc, log=list(log))
+                    row = dict(set=name, seed=seed, epochs=e, n_train=len(y), probe=probe_acc, log=list(log))
                     if no_holdout:
                         last = FineTuneClassifier("mobilenet_v2", max_epochs=e, random_state=seed, train_split=None,
                                                   **common).fit(X, y)
@@ -84,6 +98,42 @@ def run(datasets, epochs, seeds, path, no_holdout):
                     out.write(json.dumps(row) + "\n")
                     out.flush()
                     print(name, seed, e, f"probe {probe_acc:.3f}", f"margin-0 kept epoch {clf.best_epoch_}", flush=True)
+
+
+def check(datasets, epochs, seeds):
+    """The defaults as they are, and train_split=None, against the probe head: one line per fit, then the table."""
+    from bench_finetune import DATASETS, WEIGHTS
+
+    from sklearn_tl.estimators.classifier import FineTuneClassifier
+
+    cells = collections.defaultdict(lambda: collections.defaultdict(list))
+    for name in datasets:
+        X, y, X_test, y_test = DATASETS[name]()
+        for seed in seeds:
+            common = dict(weights=WEIGHTS, image_size=64, backend="torch", random_state=seed)
+            probe = FineTuneClassifier("mobilenet_v2", max_epochs=0, **common).fit(X, y).score(X_test, y_test)
+            for e in epochs:
+                default = FineTuneClassifier("mobilenet_v2", max_epochs=e, **common).fit(X, y)
+                last = FineTuneClassifier("mobilenet_v2", max_epochs=e, train_split=None, **common).fit(X, y)
+                held_out = "valid_loss" in default.history[-1]
+                cell = cells[(f"{name} ({len(y)})", e)]
+                cell["probe"].append(probe)
+                cell["default"].append(default.score(X_test, y_test) - probe)
+                cell["no hold-out"].append(last.score(X_test, y_test) - probe)
+                cell["held out"].append(held_out)
+                print(name, seed, e, f"probe {probe:.4f}", f"default {default.score(X_test, y_test):.4f}",
+                      f"(held out: {held_out}, kept epoch {default.best_epoch_})",
+                      f"no hold-out {last.score(X_test, y_test):.4f}", flush=True)
+    print("| set (train images) | max_epochs | held out | probe | default | last, no hold-out |")
+    print("|---|---:|---|---:|---:|---:|")
+    for (name, e), cell in cells.items():
+        held = "yes" if all(cell["held out"]) else "no" if not any(cell["held out"]) else "some"
+        print(f"| {name} | {e} | {held} | {np.mean(cell['probe']):.3f} | {100 * np.mean(cell['default']):+.1f} "
+              f"| {100 * np.mean(cell['no hold-out']):+.1f} |")
+    for column in ("default", "no hold-out"):
+        means = [100 * np.mean(cell[column]) for cell in cells.values()]
+        print(f"{column}: lowest cell {min(means):+.1f}, mean cell {np.mean(means):+.1f}, "
+              f"cells below -1: {sum(m < -1 for m in means)}")
 
 
 def kept_epoch(valid: dict, margin: float) -> int:
@@ -98,19 +148,22 @@ def kept_epoch(valid: dict, margin: float) -> int:
 
 def replay(paths):
     rows = [json.loads(line) for path in paths for line in open(path)]
-    columns = ["last epoch, held out", "last, no hold-out"] + [f"margin={m:g}" for m in MARGINS]
+    columns = ["default", "last epoch, held out", "last, no hold-out"] + [f"margin={m:g}" for m in MARGINS]
     cells = collections.defaultdict(lambda: collections.defaultdict(list))
     for row in rows:
         valid = {e: np.asarray(v) for kind, e, v in row["log"] if kind == "valid"}
         test = {e: v for kind, e, v in row["log"] if kind == "test"}
         cell = cells[(row["set"], row["epochs"])]
         cell["probe"].append(row["probe"])
-        cell[columns[0]].append(test[max(test)] - row["probe"])
+        cell[columns[1]].append(test[max(test)] - row["probe"])
         if "no_holdout" in row:
-            cell[columns[1]].append(row["no_holdout"] - row["probe"])
-        for m, column in zip(MARGINS, columns[2:]):
+            cell[columns[2]].append(row["no_holdout"] - row["probe"])
+        for m, column in zip(MARGINS, columns[3:]):
             e = kept_epoch(valid, m)
             cell[column].append(0.0 if e == 0 else test[e] - row["probe"])
+        short = row["epochs"] * math.ceil(row["n_train"] / BATCH) < AUTO_MAX_STEPS
+        if short or "no_holdout" in row:
+            cell[columns[0]].append(cell["margin=1"][-1] if short else cell[columns[2]][-1])
     print("| set | max_epochs | seeds | probe | " + " | ".join(columns) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(columns))
     summary = collections.defaultdict(list)
@@ -138,9 +191,13 @@ def main():
     parser.add_argument("--log", default="keep_best.jsonl", help="JSON lines to append the record to")
     parser.add_argument("--no-holdout", action="store_true", help="also fit the previous default (train_split=None)")
     parser.add_argument("--replay", nargs="+", metavar="JSONL", help="only print the table of these records")
+    parser.add_argument("--check", action="store_true", help="fit the defaults as they are beside train_split=None")
     args = parser.parse_args()
     if args.replay:
         return replay(args.replay)
+    if args.check:
+        return check(args.datasets.split(","), [int(e) for e in args.epochs.split(",")],
+                     [int(s) for s in args.seeds.split(",")])
     run(args.datasets.split(","), [int(e) for e in args.epochs.split(",")], [int(s) for s in args.seeds.split(",")],
         args.log, args.no_holdout)
     replay([args.log])

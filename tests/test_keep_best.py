@@ -125,6 +125,13 @@ class TestAutoSplit:
             del clf._fit_auto_split
         assert isinstance(split, ValidSplit) and split.cv == 0.1 and split.stratified  # ...in fit, 12 of 120
 
+    def test_a_long_run_holds_out_nothing(self, many_stripes):
+        X, y = many_stripes  # 15 batches of 8 per epoch: 3 epochs are 45 steps, 4 are 60 (AUTO_MAX_STEPS: 50)
+        assert "valid_loss" in tiny(max_epochs=3, lr=1e-3).fit(X, y).history[-1]
+        long = tiny(max_epochs=4, lr=1e-3).fit(X, y)
+        assert "valid_loss" not in long.history[-1] and long.best_epoch_ == 4
+        assert "valid_loss" in tiny(max_epochs=4, lr=1e-3, batch_size=16).fit(X, y).history[-1]  # 32 steps
+
     def test_too_few_images_or_a_rare_class_hold_out_nothing(self, stripes, many_stripes):
         X, y = stripes  # 24 images: 3 would be held out, fewer than 10
         clf = tiny(max_epochs=1).fit(X, y)
@@ -150,7 +157,7 @@ class TestAutoSplit:
 
     def test_an_epoch_that_helps_is_kept(self, many_stripes):
         X, y = many_stripes
-        clf = tiny(max_epochs=4, lr=3e-2, head_init="random").fit(X, y)
+        clf = tiny(max_epochs=3, lr=3e-2, head_init="random").fit(X, y)
         losses = clf.history[:, "valid_loss"]
         assert clf.best_epoch_ >= 1 and losses[clf.best_epoch_ - 1] == min(losses)
 
@@ -160,9 +167,9 @@ class TestAutoSplit:
         X, y = many_stripes
         kept = tiny(max_epochs=2, lr=30.0, backbone_lr_scale=1.0).fit(X, y)
         assert _kept_epoch_line(kept) == "kept: the probe head (no epoch of 2 beat it on 12 held-out images)"
-        helped = tiny(max_epochs=4, lr=3e-2, head_init="random").fit(X, y)
+        helped = tiny(max_epochs=3, lr=3e-2, head_init="random").fit(X, y)
         assert _kept_epoch_line(helped) == (
-            f"kept: epoch {helped.best_epoch_} of 4 (it beat the starting weights on 12 held-out images)")
+            f"kept: epoch {helped.best_epoch_} of 3 (it beat the starting weights on 12 held-out images)")
         assert _kept_epoch_line(tiny(max_epochs=1).fit(*stripes)) is None  # nothing held out
 
     def test_partial_fit_and_warm_start_hold_out_nothing(self, many_stripes):

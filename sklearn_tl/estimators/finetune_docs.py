@@ -91,8 +91,8 @@ _FINETUNE_DOCS = {
         validation images, or a ``validation_fraction`` (stratified for
         single-label classes) of the data when ``train_split`` is None.
     validation_fraction : float, default=0.1
-        The share of the images ``train_split="auto"`` (and early stopping
-        without a split) holds out.
+        The share of the images ``train_split="auto"`` holds out in a short
+        run (and early stopping without a split in any run).
     final_estimator : estimator or None, default=None
         If set, a clone is fitted on the tuned embeddings of the training
         images and makes the predictions (hybrid mode). Its parameters are
@@ -135,20 +135,23 @@ _FINETUNE_DOCS = {
     batch_size : int or "auto", default="auto"
         32 on CPU, 256 on CUDA.
     train_split : "auto", callable or None, default="auto"
-        skorch's internal validation split. ``"auto"``: in ``fit`` with
-        ``max_epochs > 0``, hold out ``validation_fraction`` of the images
-        (stratified by class for single-label targets) when that gives at
+        skorch's internal validation split. ``"auto"``: a ``fit`` of fewer
+        than 50 optimisation steps (``max_epochs`` times the training
+        batches) holds out ``validation_fraction`` of the images
+        (stratified by class for single-label targets), when that gives at
         least 10 validation images and, stratified, every class in both
-        parts; otherwise, and in ``partial_fit`` or a ``warm_start`` fit,
-        hold out none. A callable (e.g. ``ValidSplit(0.2,
+        parts; a longer run, ``max_epochs=0``, ``partial_fit`` and a
+        ``warm_start`` fit hold out none (every image trains, the last
+        epoch is kept). A callable (e.g. ``ValidSplit(0.2,
         stratified=True)``) is used as skorch uses it; None holds out
         nothing. With validation images the fit keeps the best of {the
         starting point, each epoch} (callback ``keep_best``,
         :class:`KeepBestEpoch`): an epoch replaces the start only if its
         validation loss is lower by more than one standard error of the
-        paired per-image differences. When ``"auto"`` went back to the LP-FT
-        probe head, the head is fitted again on every image, held-out ones
-        too, so a short budget ends at the probe itself.
+        paired per-image differences (``callbacks__keep_best__margin``).
+        When ``"auto"`` went back to the LP-FT probe head, the head is
+        fitted again on every image, held-out ones too, so a budget too
+        short to help ends at the probe itself.
         ``callbacks__keep_best=None`` keeps the last epoch.
     callbacks : list, "disable" or None, default=None
         Extra skorch callbacks, added to the defaults (``freeze``,

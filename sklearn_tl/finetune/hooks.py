@@ -33,8 +33,10 @@ from ..runtime.forward import make_loader
 from .callbacks import unwrapped_module
 from .freeze import BACKBONE_PREFIX
 
-__all__ = ["AUTO_MIN_VALID", "ImageTrainingMixin"]
+__all__ = ["AUTO_MAX_STEPS", "AUTO_MIN_VALID", "ImageTrainingMixin"]
 
+#: ``train_split="auto"`` holds images out of runs with fewer optimisation steps than this.
+AUTO_MAX_STEPS = 50
 #: The fewest validation images ``train_split="auto"`` holds out; with fewer, none.
 AUTO_MIN_VALID = 10
 
@@ -144,12 +146,18 @@ class ImageTrainingMixin:
         return ValidSplit(self.validation_fraction, stratified=stratified, random_state=getattr(self, "_fit_seed", None))
 
     def _holds_out(self, y, n_samples) -> bool:
-        """``train_split="auto"``: hold out images only in ``fit``, and only when the split can be made.
+        """``train_split="auto"``: hold out images in a short ``fit`` only, and only when the split can be made.
 
-        At least ``AUTO_MIN_VALID`` validation images, and, stratified, one
-        of each class in both parts (every class twice in ``y``).
+        Short: fewer than ``AUTO_MAX_STEPS`` optimisation steps in the run
+        (``max_epochs`` times the training batches of all ``n_samples``),
+        where training was measured to end below its probe head. At least
+        ``AUTO_MIN_VALID`` validation images, and, stratified, one of each
+        class in both parts (every class twice in ``y``).
         """
         if not getattr(self, "_fit_auto_split", False) or y is None or not n_samples:
+            return False
+        batch_size = self._loader_batch_size(self.get_params_for("iterator_train"), n_samples)
+        if self.max_epochs * math.ceil(n_samples / batch_size) >= AUTO_MAX_STEPS:
             return False
         n_valid = math.ceil(self.validation_fraction * n_samples)
         if n_valid < AUTO_MIN_VALID or n_samples - n_valid < 1:
