@@ -32,6 +32,13 @@ the rule:
 
     OMP_NUM_THREADS=1 python bench_keep_best.py --check --datasets digits250,textures120
     OMP_NUM_THREADS=1 python bench_keep_best.py --check --datasets photos200   # beside it
+
+``--issue-case FOLD`` is issue 22's own case at the default image size
+(224 px): the first 300 of ``load_digits``, ``StratifiedKFold(2)`` as
+``cross_val_score(..., cv=2)`` makes it, one fold per process:
+
+    OMP_NUM_THREADS=1 python bench_keep_best.py --issue-case 0 --epochs 1,3,10 --seeds 0
+    OMP_NUM_THREADS=1 python bench_keep_best.py --issue-case 1 --epochs 1,3,10 --seeds 0   # beside it
 """
 
 from __future__ import annotations
@@ -136,6 +143,28 @@ def check(datasets, epochs, seeds):
               f"cells below -1: {sum(m < -1 for m in means)}")
 
 
+def issue_case(fold, epochs, seed=0):
+    """300 digits, cv=2, defaults except max_epochs (and the weights: the offline IMAGENET1K_V1 file)."""
+    from bench_finetune import WEIGHTS
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold
+
+    from sklearn_tl.estimators.classifier import FineTuneClassifier
+
+    data = load_digits()
+    X, y = (data.images[:300] / 16.0).astype(np.float32), data.target[:300]
+    train, test = list(StratifiedKFold(n_splits=2).split(X, y))[fold]
+    common = dict(weights=WEIGHTS, random_state=seed)
+    probe = FineTuneClassifier("mobilenet_v2", max_epochs=0, **common).fit(X[train], y[train]).score(X[test], y[test])
+    print(f"fold {fold + 1}, seed {seed}: probe head (max_epochs=0) {probe:.3f}", flush=True)
+    for e in epochs:
+        default = FineTuneClassifier("mobilenet_v2", max_epochs=e, **common).fit(X[train], y[train])
+        last = FineTuneClassifier("mobilenet_v2", max_epochs=e, train_split=None, **common).fit(X[train], y[train])
+        print(f"fold {fold + 1}, seed {seed}: max_epochs={e}: default {default.score(X[test], y[test]):.3f} "
+              f"(held out: {'valid_loss' in default.history[-1]}, kept epoch {default.best_epoch_}), "
+              f"train_split=None {last.score(X[test], y[test]):.3f}", flush=True)
+
+
 def kept_epoch(valid: dict, margin: float) -> int:
     start, epochs = valid.get(0), [e for e in valid if e != 0]
     if start is None or not epochs:
@@ -192,7 +221,13 @@ def main():
     parser.add_argument("--no-holdout", action="store_true", help="also fit the previous default (train_split=None)")
     parser.add_argument("--replay", nargs="+", metavar="JSONL", help="only print the table of these records")
     parser.add_argument("--check", action="store_true", help="fit the defaults as they are beside train_split=None")
+    parser.add_argument("--issue-case", type=int, choices=(0, 1), default=None, metavar="FOLD",
+                        help="issue 22's 300 digits, cv=2, at the default image size: this fold")
     args = parser.parse_args()
+    if args.issue_case is not None:
+        for seed in args.seeds.split(","):
+            issue_case(args.issue_case, [int(e) for e in args.epochs.split(",")], int(seed))
+        return None
     if args.replay:
         return replay(args.replay)
     if args.check:
