@@ -205,8 +205,10 @@ def replay(paths):
                 values.append(f"{100 * np.mean(cell[column]):+.1f}")
             else:
                 values.append("")
-        print(f"| {key[0]} | {key[1]} | {len(cell['probe'])} | {np.mean(cell['probe']):.3f} | " + " | ".join(values) + " |")
-    for label, fn in (("lowest cell", min), ("mean cell", np.mean), ("cells below -1", lambda v: sum(x < -1 for x in v))):
+        head = f"| {key[0]} | {key[1]} | {len(cell['probe'])} | {np.mean(cell['probe']):.3f} | "
+        print(head + " | ".join(values) + " |")
+    below = lambda v: sum(x < -1 for x in v)  # noqa: E731
+    for label, fn in (("lowest cell", min), ("mean cell", np.mean), ("cells below -1", below)):
         print(f"| {label} | | | | " + " | ".join(
             (f"{fn(summary[c]):+.1f}" if label != "cells below -1" else str(fn(summary[c]))) if summary[c] else ""
             for c in columns) + " |")

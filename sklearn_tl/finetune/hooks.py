@@ -142,8 +142,8 @@ class ImageTrainingMixin:
             return self.train_split
         if auto and not self.early_stopping and not self._holds_out(y, n_samples):
             return None
-        stratified = self._stratified_split
-        return ValidSplit(self.validation_fraction, stratified=stratified, random_state=getattr(self, "_fit_seed", None))
+        seed = getattr(self, "_fit_seed", None)
+        return ValidSplit(self.validation_fraction, stratified=self._stratified_split, random_state=seed)
 
     def _holds_out(self, y, n_samples) -> bool:
         """``train_split="auto"``: hold out images in a short ``fit`` only, and only when the split can be made.
