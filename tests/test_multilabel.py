@@ -258,3 +258,13 @@ class TestCommandLine:
         (tmp_path / "one.csv").write_text("path,labels\na.png,cat\n")
         with pytest.raises(ValueError, match="names 1 label"):
             load_labelled_csv(tmp_path / "one.csv")
+
+
+def test_a_short_run_holds_out_a_tenth_unstratified(tagged):
+    X, Y = tagged
+    X, Y = np.concatenate([X] * 5), np.concatenate([Y] * 5)  # 120 images: 12 held out, no class stratification
+    clf = tiny(max_epochs=1).fit(X, Y)
+    assert "valid_loss" in clf.history[-1] and "best_epoch" in clf.history[-1]
+    split = clf.get_params()["train_split"]
+    assert split == "auto" and not clf._stratified_split
+    assert clf.predict(X).shape == Y.shape

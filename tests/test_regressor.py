@@ -254,3 +254,15 @@ def test_skops_file_round_trip_as_data(dimmed, tmp_path):
     assert type(loaded) is FineTuneRegressor and loaded.n_outputs_ == 2
     np.testing.assert_array_equal(loaded.target_mean_, reg.target_mean_)
     np.testing.assert_allclose(loaded.predict(X), reg.predict(X), rtol=1e-6)
+
+
+def test_short_runs_hold_out_a_tenth_unstratified_and_a_harmful_one_ends_at_the_probe():
+    X = np.concatenate([stripe_images(seed=s)[0] for s in range(20, 25)])  # 120 images
+    y = np.linspace(0.3, 1.0, len(X))[np.random.default_rng(1).permutation(len(X))]
+    X = (X * y[:, None, None, None]).astype(np.uint8)
+    probe = tiny_regressor(max_epochs=0).fit(X, y)
+    kept = tiny_regressor(max_epochs=2, lr=30.0, backbone_lr_scale=1.0).fit(X, y)
+    assert "valid_loss" in kept.history[-1] and kept.best_epoch_ == 0  # 30 steps: 12 images held out
+    assert sum(b["valid_batch_size"] for b in kept.history[-1]["batches"] if "valid_batch_size" in b) == 12
+    np.testing.assert_allclose(kept.predict(X), probe.predict(X), atol=2e-3)  # the ridge head on all 120 again
+    assert "valid_loss" not in tiny_regressor(max_epochs=4).fit(X, y).history[-1]  # 60 steps: none
