@@ -164,15 +164,9 @@ def _multilabel_figure(y_true, y_pred, label_names, paths, title, lr_finder=None
 def _write_multilabel_report(path, y_true, y_pred, label_names, paths, title, summary, lr_finder):
     y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
     fig, scores = _multilabel_figure(y_true, y_pred, label_names, paths, title, lr_finder)
-    plt = _import_pyplot()
-    try:
-        if path.suffix.lower() == ".png":
-            fig.savefig(path, dpi=110)
-            return path
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    png = _save_figure(fig, path)
+    if png is None:
+        return path
     esc = html.escape
     names = np.asarray(label_names, dtype=object)
     rows = "".join(
@@ -189,13 +183,27 @@ def _write_multilabel_report(path, y_true, y_pred, label_names, paths, title, su
 <table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>images with it</th></tr>{rows}</table>
 <h2>Images with a wrong label set</h2><ul>{mistakes}</ul>
 """
-    return _write_page(path, title, summary, buffer, "per-label precision, recall and F1, and images with a wrong label set", body, lr_finder)
+    return _write_page(path, title, summary, png, "per-label precision, recall and F1, and images with a wrong label set", body, lr_finder)
 
 
-def _write_page(path, title, summary, buffer, alt, body, lr_finder):
+def _save_figure(fig, path) -> bytes | None:
+    """Write ``fig`` to ``path`` if it ends in .png (None), else return its PNG bytes for the page; closes it."""
+    plt = _import_pyplot()
+    try:
+        if path.suffix.lower() == ".png":
+            fig.savefig(path, dpi=110)
+            return None
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _write_page(path, title, summary, png, alt, body, lr_finder):
     """The report page: title, summary lines, the figure inlined, ``body`` (HTML) and the LR test; returns ``path``."""
     esc = html.escape
-    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    image = base64.b64encode(png).decode("ascii")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 12px}}
@@ -257,15 +265,9 @@ def write_report(
         return _write_multilabel_report(path, y_true, y_pred, class_names, paths, title, summary, lr_finder)
     y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
     fig, matrix, per_class, wrong = _figure(y_true, y_pred, class_names, paths, confidence, title, lr_finder)
-    plt = _import_pyplot()
-    try:
-        if suffix == ".png":
-            fig.savefig(path, dpi=110)
-            return path
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    png = _save_figure(fig, path)
+    if png is None:
+        return path
     esc = html.escape
     rows = "".join(
         f"<tr><td>{esc(str(name))}</td><td>{acc:.3f}</td><td>{int(n)}</td></tr>"
@@ -282,4 +284,4 @@ def write_report(
 <table><tr><th>class</th><th>accuracy</th><th>images</th></tr>{rows}</table>
 <h2>Misclassified images</h2><ul>{mistakes}</ul>
 """
-    return _write_page(path, title, summary, buffer, "confusion matrix, per-class accuracy and misclassified images", body, lr_finder)
+    return _write_page(path, title, summary, png, "confusion matrix, per-class accuracy and misclassified images", body, lr_finder)
