@@ -198,9 +198,9 @@ def _cmd_train(args) -> int:
     if rate:
         print(rate)
         kept = _kept_epoch_line(result.model)
-        rate = rate if kept is None else f"{rate}; {kept}"
         if kept is not None:
             print(kept)
+            rate = f"{rate}; {kept}"
     from ..deploy.persistence import save_model
 
     header = save_model(result.model, output)

@@ -18,7 +18,6 @@ import math
 import warnings
 
 import numpy as np
-
 import torch
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_tensor
